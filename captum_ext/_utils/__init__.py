@@ -1,0 +1,1 @@
+"""Private helpers shared by captum-ext methods and metrics (not public API)."""

@@ -1,0 +1,1 @@
+"""Implementations of the attribution methods exported by :mod:`captum_ext.attr`."""
