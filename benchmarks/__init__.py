@@ -1,0 +1,1 @@
+"""Ratio benchmarks of captum-ext against Captum / Quantus / naive equivalents."""

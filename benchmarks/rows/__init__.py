@@ -1,0 +1,1 @@
+"""Benchmark rows, one module per capability; each defines ``rows(device, quick)``."""
