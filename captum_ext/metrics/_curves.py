@@ -1,0 +1,218 @@
+"""Shared engine for perturbation curves (deletion, insertion, degradation, masks).
+
+A curve replaces (or reveals) the features of an input region by region, in an
+order given per example, and records a score of the model's output at chosen
+points. Everything is vectorised: for a chunk of (example, point) pairs, the
+perturbed inputs are built in one ``torch.where`` from a per-feature *rank*
+tensor (the position of the feature's region in the order), and evaluated in
+one forward pass. Chunks never hold more than ``max_examples_per_batch``
+perturbed inputs, and the result does not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import (
+    _expand_target,
+    _format_additional_forward_args,
+    _run_forward,
+    _select_targets,
+)
+from captum._utils.typing import TargetType
+from torch import Tensor
+
+from captum_ext._utils.validation import check_target_in_range
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+def softmax_scores(output: Tensor) -> Tensor:
+    """Softmax over the class dimension (dim 1)."""
+    return F.softmax(output, dim=1)
+
+
+def identity_scores(output: Tensor) -> Tensor:
+    """The raw output (logits or regression values)."""
+    return output
+
+
+def region_ranks(
+    scores: Tensor,
+    order: Literal["morf", "lerf", "random"] = "morf",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Position of each region in the replacement order, ``(bsz, n_regions)``.
+
+    ``morf``: most relevant first (descending score); ``lerf``: least relevant
+    first; ``random``: a random permutation per example from ``generator``.
+    Ties are broken by region index (stable sort), so results are deterministic.
+    """
+    bsz, n = scores.shape
+    if order == "random":
+        keys = torch.rand(bsz, n, generator=generator).to(scores.device)
+        perm = keys.argsort(dim=1)
+    elif order in ("morf", "lerf"):
+        perm = scores.argsort(dim=1, descending=order == "morf", stable=True)
+    else:
+        raise ValueError(f"`order` must be 'morf', 'lerf' or 'random', got {order!r}.")
+    ranks = torch.empty_like(perm)
+    ranks.scatter_(1, perm, torch.arange(n, device=perm.device).expand(bsz, n))
+    return ranks
+
+
+def patch_region_map(height: int, width: int, patch_size: int) -> tuple[Tensor, int]:
+    """Region id of every pixel for square patches (edge patches may be smaller).
+
+    Returns ``(region_map (H, W) long, n_regions)``.
+    """
+    rows = torch.arange(height) // patch_size
+    cols = torch.arange(width) // patch_size
+    n_cols = (width + patch_size - 1) // patch_size
+    n_rows = (height + patch_size - 1) // patch_size
+    return rows[:, None] * n_cols + cols[None, :], n_rows * n_cols
+
+
+def region_scores(attributions: Tensor, region_map: Tensor, n_regions: int) -> Tensor:
+    """Sum of channel-summed attributions per region, ``(bsz, n_regions)``.
+
+    ``attributions`` is ``(bsz, C, H, W)`` (or ``(bsz, H, W)``); ``region_map``
+    is ``(H, W)``.
+    """
+    a = attributions if attributions.dim() == 3 else attributions.sum(dim=1)
+    flat = a.reshape(a.shape[0], -1)
+    index = region_map.to(a.device).reshape(1, -1).expand_as(flat)
+    out = torch.zeros(a.shape[0], n_regions, dtype=flat.dtype, device=flat.device)
+    return out.scatter_add_(1, index, flat)
+
+
+def feature_ranks(ranks: Tensor, region_map: Tensor) -> Tensor:
+    """Rank of every pixel's region, ``(bsz, 1, H, W)`` (broadcasts over channels)."""
+    bsz = ranks.shape[0]
+    rm = region_map.to(ranks.device)
+    per_pixel = ranks.gather(1, rm.reshape(1, -1).expand(bsz, -1))
+    return per_pixel.reshape(bsz, 1, *rm.shape)
+
+
+def batched_outputs(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any = None,
+    max_examples_per_batch: int | None = None,
+) -> Tensor:
+    """Model outputs for ``inputs`` in chunks of at most ``max_examples_per_batch``."""
+    n = inputs[0].shape[0]
+    step = n if max_examples_per_batch is None else max_examples_per_batch
+    afa = _format_additional_forward_args(additional_forward_args)
+    outs = []
+    for start in range(0, n, max(1, step)):
+        sl = slice(start, start + step)
+        chunk_afa = _slice_forward_args(afa, sl, n)
+        out = _run_forward(forward_func, tuple(x[sl] for x in inputs), None, chunk_afa)
+        outs.append(cast(Tensor, out))
+    return torch.cat(outs, dim=0)
+
+
+def _slice_forward_args(afa: Any, sl: slice, n: int) -> Any:
+    """Slice the per-example tensors (leading dim ``n``) of forward args."""
+    if afa is None:
+        return None
+    return tuple(
+        a[sl] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+        for a in afa
+    )
+
+
+def _index_forward_args(afa: Any, rows: Tensor, n: int) -> Any:
+    """Gather ``rows`` of the per-example tensors (leading dim ``n``)."""
+    if afa is None:
+        return None
+    return tuple(
+        a[rows.to(a.device)]
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
+        for a in afa
+    )
+
+
+def perturbation_curve(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    fills: tuple[Tensor, ...],
+    ranks: tuple[Tensor, ...],
+    n_replaced: Tensor,
+    mode: Literal["delete", "insert"],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    max_examples_per_batch: int | None = None,
+    score_fn: ScoreFn = softmax_scores,
+) -> Tensor:
+    """Scores along a deletion or insertion curve, ``(bsz, n_points)``.
+
+    Args:
+        forward_func: The model.
+        inputs: Inputs, each ``(bsz, ...)``.
+        fills: Replacement values, each broadcastable to its input.
+        ranks: Per-feature region rank, each broadcastable to its input;
+            features with rank ``< k`` are the first ``k`` regions of the order.
+        n_replaced: ``(n_points,)`` number of regions replaced (``delete``: the
+            input with its first k regions set to the fill) or revealed
+            (``insert``: the fill with the first k regions of the input) at each
+            point of the curve.
+        mode: ``"delete"`` or ``"insert"``.
+        target: Captum target (selected after ``score_fn``).
+        additional_forward_args: Extra forward arguments (per-example tensors
+            are repeated along the curve).
+        max_examples_per_batch: Most perturbed inputs per forward pass (None:
+            all at once).
+        score_fn: Maps model outputs to scores (softmax by default).
+
+    Returns:
+        Tensor: ``(bsz, n_points)`` target scores.
+    """
+    bsz = inputs[0].shape[0]
+    n_points = int(n_replaced.numel())
+    total = bsz * n_points
+    step = total if max_examples_per_batch is None else max(1, max_examples_per_batch)
+    afa = _format_additional_forward_args(additional_forward_args)
+    ks = n_replaced.to(inputs[0].device)
+    scores = []
+    for start in range(0, total, step):
+        flat = torch.arange(start, min(start + step, total), device=ks.device)
+        ex, pt = flat // n_points, flat % n_points
+        perturbed = []
+        for x, fill, rank in zip(inputs, fills, ranks):
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            xe = x[ex]
+            fe = fill.expand_as(x)[ex] if fill.dim() == x.dim() else fill.expand_as(xe)
+            re = rank.expand(x.shape[0], *rank.shape[1:])[ex]
+            chosen = re < ks[pt].view(shape)
+            if mode == "delete":
+                perturbed.append(torch.where(chosen, fe, xe))
+            else:
+                perturbed.append(torch.where(chosen, xe, fe))
+        chunk_afa = _index_forward_args(afa, ex, bsz)
+        out = score_fn(
+            cast(Tensor, _run_forward(forward_func, tuple(perturbed), None, chunk_afa))
+        )
+        chunk_target = _chunk_target(target, ex, bsz)
+        check_target_in_range(out, chunk_target)
+        scores.append(_select_targets(out, chunk_target))
+    return torch.cat(scores).reshape(bsz, n_points)
+
+
+def _chunk_target(target: TargetType, ex: Tensor, bsz: int) -> TargetType:
+    """The per-row target for rows ``ex`` of the flattened (example, point) grid."""
+    if target is None or isinstance(target, (int, tuple)):
+        return target
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            return target
+        return target.to(ex.device)[ex]
+    if isinstance(target, list):
+        idx = ex.tolist()
+        return [target[i] for i in idx]
+    return _expand_target(target, 1)
