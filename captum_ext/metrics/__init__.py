@@ -6,4 +6,9 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
-__all__: list[str] = []
+from captum_ext.metrics._image_degradation import aopc, image_degradation
+
+__all__: list[str] = [
+    "aopc",
+    "image_degradation",
+]
