@@ -164,7 +164,10 @@ def evaluate_attributions(
     depend on how the data are sharded.
 
     The model is used as given (put it in eval mode first) and never
-    modified; metrics run their own ``torch.no_grad()``.
+    modified; metrics run their own ``torch.no_grad()``. A model that needs
+    extra forward arguments can be wrapped in a module that supplies them.
+    With sharding active the call is collective: make it on every rank of the
+    group (to evaluate on one rank alone, pass ``process_group=None``).
 
     Args:
         attribution_method (Attribution or Callable): A Captum / captum-ext
@@ -421,8 +424,7 @@ def _local_batches(
 ) -> tuple[Iterable[tuple[int, Any]], int | None]:
     """This rank's ``(batch index, batch)`` pairs and how many there are."""
     if world == 1:
-        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-        return enumerate(data), total
+        return enumerate(data), _length(data)
     if (
         isinstance(data, DataLoader)
         and data.batch_sampler is not None
@@ -451,11 +453,17 @@ def _local_batches(
             pin_memory_device=data.pin_memory_device,
         )
         return zip(mine, loader), len(mine)
-    total = None
-    if hasattr(data, "__len__"):
-        n = len(data)  # type: ignore[arg-type]
-        total = max(0, (n - rank + world - 1) // world)
+    n = _length(data)
+    total = None if n is None else max(0, (n - rank + world - 1) // world)
     return _strided(data, rank, world), total
+
+
+def _length(data: Iterable[Any]) -> int | None:
+    """``len(data)`` when it has one (an IterableDataset's loader may not)."""
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _strided(data: Iterable[Any], rank: int, world: int) -> Iterator[tuple[int, Any]]:

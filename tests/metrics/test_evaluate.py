@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from captum_ext.metrics import (
     EvaluationResult,
@@ -241,6 +241,31 @@ def test_local_batches_cover_everything_once() -> None:
     shuffled = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
     with pytest.raises(ValueError, match="shuffle"):
         _local_batches(shuffled, 0, 2)
+
+
+class _Stream(IterableDataset):
+    """Examples as a stream: its DataLoader has no length."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self) -> Any:
+        return iter(zip(self.x, self.y))
+
+
+def test_iterable_dataset_without_length() -> None:
+    model = _model()
+    x, y = _data(10)
+    stream = DataLoader(_Stream(x, y), batch_size=4)
+    with pytest.raises(TypeError):
+        len(stream)
+    res = evaluate_attributions(Saliency(model), stream, {"d": DEGRADE})
+    ref = evaluate_attributions(
+        Saliency(model), DataLoader(TensorDataset(x, y), batch_size=4), {"d": DEGRADE}
+    )
+    assert torch.equal(res.scores["d"], ref.scores["d"])
+    pairs, total = _local_batches(stream, 1, 2)
+    assert total is None and [i for i, _ in pairs] == [1]
 
 
 # --- two processes -------------------------------------------------------------
