@@ -36,8 +36,12 @@ class BenchRow:
         theirs: Runs the counterpart once (same inputs, same result).
         goal: ``("ratio<=", x)`` (ours/theirs at most x) or ``("speedup>=", x)``
             (theirs/ours at least x), or None.
-        passes: Forward+backward passes our method needs (lower bound), or None.
-        unit: Runs one forward+backward pass at the same batch size, or None.
+        passes: Passes our method needs at the least (the lower bound), in units
+            of ``unit``, or None.
+        unit: Runs one pass at the same batch size (the unit of cost), or None.
+        unit_kind: What one unit pass is: ``"fwd+bwd"`` (a forward and a
+            backward pass w.r.t. the input: attribution methods) or ``"fwd"``
+            (a plain forward pass without grad: perturbation metrics).
         check: Called once with (ours(), theirs()) results; raises if they differ.
         note: Free text (sizes, settings).
     """
@@ -50,6 +54,7 @@ class BenchRow:
     goal: tuple[str, float] | None = None
     passes: float | None = None
     unit: Callable[[], Any] | None = None
+    unit_kind: str = "fwd+bwd"
     check: Callable[[Any, Any], None] | None = None
     note: str = ""
     result: dict[str, Any] = field(default_factory=dict)
@@ -60,16 +65,27 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _once(fn: Callable[[], Any]) -> float:
+#: Clocks ``measure`` can use: wall time, or this process's CPU time (all its
+#: threads; steadier than wall time when other jobs share the CPU, CPU only).
+TIMERS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    "cpu": time.process_time,
+}
+
+
+def _once(fn: Callable[[], Any], clock: Callable[[], float]) -> float:
     _sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def measure(row: BenchRow, repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
-    """Time one row and fill ``row.result``."""
+def measure(
+    row: BenchRow, repeats: int = 7, warmup: int = 2, timer: str = "wall"
+) -> dict[str, Any]:
+    """Time one row and fill ``row.result`` (``timer``: a key of ``TIMERS``)."""
+    clock = TIMERS[timer]
     checked = "n/a"
     if row.check is not None:
         row.check(row.ours(), row.theirs())
@@ -85,9 +101,9 @@ def measure(row: BenchRow, repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
         if r % 2:
             pair.reverse()
         for bucket, fn in pair:
-            bucket.append(_once(fn))
+            bucket.append(_once(fn, clock))
         if row.unit is not None:
-            t_unit.append(_once(row.unit))
+            t_unit.append(_once(row.unit, clock))
     ours = statistics.median(t_ours)
     theirs = statistics.median(t_theirs)
     res: dict[str, Any] = {
@@ -100,10 +116,12 @@ def measure(row: BenchRow, repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
         "speedup": theirs / ours,
         "results": checked,
         "note": row.note,
+        "timer": timer,
     }
     if row.passes is not None and t_unit:
         unit = statistics.median(t_unit)
         res["passes"] = row.passes
+        res["unit_kind"] = row.unit_kind
         res["unit_ms"] = 1000 * unit
         res["over_lower_bound"] = ours / (row.passes * unit)
     if row.goal is not None:
@@ -117,21 +135,35 @@ def measure(row: BenchRow, repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """Render results as one markdown table."""
+    """Render results as one markdown table (one line per row, no notes).
+
+    Columns: our method; the counterpart and its kind (Captum / Quantus /
+    naive); median times; ``ours/theirs`` (below 1: we are faster) and the goal;
+    whether the results were checked equal; the pass-count lower bound
+    (``passes`` x the measured cost of one ``unit`` pass) and our time divided
+    by it (1.0 = no overhead beyond the passes the method cannot avoid). A row
+    whose check or run failed shows the error in the results column.
+    """
     head = (
         "| method | counterpart | ours (ms) | theirs (ms) | ratio ours/theirs "
-        "| goal | met | results | passes | ours / lower bound |"
+        "| goal | met | results | passes | unit (ms) | ours / lower bound |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in results:
         goal = r.get("goal", "")
         met = {True: "yes", False: "**no**"}.get(r.get("goal_met"), "")  # type: ignore[arg-type]
         lb = f"{r['over_lower_bound']:.2f}" if "over_lower_bound" in r else ""
-        passes = f"{r['passes']:g}" if "passes" in r else ""
+        passes = ""
+        if "passes" in r:
+            passes = f"{r['passes']:g} {r.get('unit_kind', 'fwd+bwd')}"
+        unit = f"{r['unit_ms']:.2f}" if "unit_ms" in r else ""
+        ours = f"{r['ours_ms']:.2f}" if "ours_ms" in r else ""
+        theirs = f"{r['theirs_ms']:.2f}" if "theirs_ms" in r else ""
+        ratio = f"{r['ratio']:.3f}" if "ratio" in r else ""
         lines.append(
-            f"| {r['name']} | {r['counterpart']} ({r['kind']}) | {r['ours_ms']:.2f} "
-            f"| {r['theirs_ms']:.2f} | {r['ratio']:.3f} | {goal} | {met} "
-            f"| {r['results']} | {passes} | {lb} |"
+            f"| {r['name']} | {r['counterpart']} ({r['kind']}) | {ours} "
+            f"| {theirs} | {ratio} | {goal} | {met} "
+            f"| {r['results']} | {passes} | {unit} | {lb} |"
         )
     return "\n".join(lines)
 

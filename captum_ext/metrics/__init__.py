@@ -6,4 +6,12 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
-__all__: list[str] = []
+from captum_ext.metrics._evaluate import EvaluationResult, evaluate_attributions
+from captum_ext.metrics._image_degradation import aopc, image_degradation
+
+__all__: list[str] = [
+    "EvaluationResult",
+    "aopc",
+    "evaluate_attributions",
+    "image_degradation",
+]

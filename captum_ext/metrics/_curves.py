@@ -48,12 +48,16 @@ def region_ranks(
     """Position of each region in the replacement order, ``(bsz, n_regions)``.
 
     ``morf``: most relevant first (descending score); ``lerf``: least relevant
-    first; ``random``: a random permutation per example from ``generator``.
+    first; ``random``: a random permutation per example from ``generator``
+    (drawn on the generator's device; the global CPU RNG when None).
     Ties are broken by region index (stable sort), so results are deterministic.
     """
     bsz, n = scores.shape
     if order == "random":
-        keys = torch.rand(bsz, n, generator=generator).to(scores.device)
+        # drawn where the generator lives (CPU for the global RNG)
+        device = generator.device if generator is not None else torch.device("cpu")
+        keys = torch.rand(bsz, n, generator=generator, device=device)
+        keys = keys.to(scores.device)
         perm = keys.argsort(dim=1)
     elif order in ("morf", "lerf"):
         perm = scores.argsort(dim=1, descending=order == "morf", stable=True)
