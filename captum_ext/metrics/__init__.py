@@ -6,4 +6,16 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
-__all__: list[str] = []
+from captum_ext.metrics._penalties import (
+    AblationPenalties,
+    ablation_penalties,
+    contribution_covariance_penalty,
+    modified_l2_penalty,
+)
+
+__all__: list[str] = [
+    "AblationPenalties",
+    "ablation_penalties",
+    "contribution_covariance_penalty",
+    "modified_l2_penalty",
+]
