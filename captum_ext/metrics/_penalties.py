@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -175,6 +176,15 @@ def modified_l2_penalty(
     return value.to(dtype)
 
 
+@lru_cache(maxsize=32)
+def _quadrature(
+    method: str, n_steps: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Captum's step sizes and alphas, cached (Gauss-Legendre costs an eigensolve)."""
+    step_sizes_func, alphas_func = approximation_parameters(method)
+    return tuple(step_sizes_func(n_steps)), tuple(alphas_func(n_steps))
+
+
 def _path_average_gradients(
     forward_func: Callable[..., Tensor],
     inputs: tuple[Tensor, ...],
@@ -191,8 +201,7 @@ def _path_average_gradients(
     quadrature), but each chunk of steps takes one backward pass of the summed
     target outputs instead of one gradient root per output row.
     """
-    step_sizes_func, alphas_func = approximation_parameters(method)
-    step_sizes, alphas = step_sizes_func(n_steps), alphas_func(n_steps)
+    step_sizes, alphas = _quadrature(method, n_steps)
     n = inputs[0].shape[0]
     per_chunk = n_steps
     if internal_batch_size is not None:
@@ -205,13 +214,15 @@ def _path_average_gradients(
         chunk_alphas = alphas[start : start + per_chunk]
         chunk_sizes = step_sizes[start : start + per_chunk]
         c = len(chunk_alphas)
-        scaled = tuple(
-            torch.cat([b + a * (x - b) for a in chunk_alphas], dim=0)
-            for x, b in zip(xs, bs)
-        )
+        scaled = []
+        for x, b in zip(xs, bs):
+            a = torch.tensor(chunk_alphas, dtype=x.dtype, device=x.device)
+            a = a.view(c, *([1] * x.dim()))
+            path = b + a * (x - b).unsqueeze(0)  # (c, n, ...)
+            scaled.append(path.reshape(c * n, *x.shape[1:]))
         grads = target_gradients(
             forward_func,
-            scaled,
+            tuple(scaled),
             _expand_target(target, c),
             _expand_additional_forward_args(args, c),
         )
