@@ -6,12 +6,28 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
-from captum_ext.metrics._evaluate import EvaluationResult, evaluate_attributions
-from captum_ext.metrics._image_degradation import aopc, image_degradation
+from captum_ext.metrics._evaluate import (
+    EvaluationResult,
+    evaluate_attributions,
+)
+from captum_ext.metrics._image_degradation import (
+    aopc,
+    image_degradation,
+)
+from captum_ext.metrics._penalties import (
+    AblationPenalties,
+    ablation_penalties,
+    contribution_covariance_penalty,
+    modified_l2_penalty,
+)
 
-__all__: list[str] = [
+__all__ = [
+    "AblationPenalties",
     "EvaluationResult",
+    "ablation_penalties",
     "aopc",
+    "contribution_covariance_penalty",
     "evaluate_attributions",
     "image_degradation",
+    "modified_l2_penalty",
 ]
