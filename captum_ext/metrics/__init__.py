@@ -7,3 +7,10 @@ curve) per example, and give identical results with and without
 """
 
 __all__: list[str] = []
+
+from captum_ext.metrics._masked_input_accuracy import (
+    masked_input_accuracy,
+    masked_input_accuracy_curve,
+)
+
+__all__ += ["masked_input_accuracy", "masked_input_accuracy_curve"]
