@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor, nn
@@ -52,20 +54,23 @@ def rows(device: torch.device, quick: bool) -> list[BenchRow]:
     target = torch.randint(0, 10, (batch,), generator=gen).to(device)
 
     out = []
-    for name, method, kwargs in (
+    cases: tuple[tuple[str, Any, dict[str, Any]], ...] = (
         ("GradientSignInput", GradientSignInput(model), {}),
         (
             "IntegratedGradients",
             IntegratedGradients(model),
             {"n_steps": ig_steps, "internal_batch_size": ig_steps * batch},
         ),
-    ):
+    )
+    for name, method, kwargs in cases:
         rma = RecursiveMaskAttribution(model, method)
 
-        def ours(rma=rma, kwargs=kwargs) -> Tensor:  # type: ignore[no-untyped-def]
+        def ours(
+            rma: RecursiveMaskAttribution = rma, kwargs: dict[str, Any] = kwargs
+        ) -> Tensor:
             return rma.attribute(x, target=target, n_iterations=N_ITER, **kwargs)
 
-        def theirs(method=method, kwargs=kwargs) -> Tensor:  # type: ignore[no-untyped-def]
+        def theirs(method: Any = method, kwargs: dict[str, Any] = kwargs) -> Tensor:
             mask = torch.ones_like(x)
             for _ in range(N_ITER):
                 a = method.attribute(x * mask, target=target, **kwargs)

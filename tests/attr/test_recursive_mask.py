@@ -22,6 +22,9 @@ from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
 from captum_ext.models import nib_vgg
 from tests.helpers import assert_model_unchanged, snapshot
 
+# Captum announces the hooks GuidedBackprop / DeepLift set (and remove).
+pytestmark = pytest.mark.filterwarnings("ignore:Setting .*hooks:UserWarning")
+
 
 def _minmax_reference(a: Tensor) -> Tensor:
     """Eq. 11 with explicit loops: per example, per channel (images) or per

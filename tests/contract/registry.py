@@ -75,7 +75,7 @@ CASES: list[ContractCase] = [
     ContractCase(
         RecursiveMaskAttribution,
         make=lambda ctx: RecursiveMaskAttribution(ctx.model, IntegratedGradients),
-        kwargs=lambda ctx: {"n_iterations": 2, "n_steps": 8},
+        kwargs=lambda ctx: {"n_iterations": 2, "n_steps": 4},
         captum_analogs=(InputXGradient,),
         has_internal_batch_size=True,
         label="RecursiveMaskAttribution[IntegratedGradients]",

@@ -35,7 +35,10 @@ from captum_ext.data import DataSplit, load_digits, train_model
 from captum_ext.metrics import masked_input_accuracy_curve
 from captum_ext.models import is_positively_homogeneous, nib_vgg
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:Setting .*hooks:UserWarning"),
+]
 N_ITER = 10
 
 

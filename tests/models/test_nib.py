@@ -10,6 +10,8 @@ from torch import nn
 
 from captum_ext.models import NIBBatchNorm2d, is_positively_homogeneous, nib_vgg
 
+pytestmark = pytest.mark.filterwarnings("ignore:Setting .*hooks:UserWarning")
+
 CONFIGS = ("vgg13-6", "vgg13-4", "vgg13-2", "vgg13", "vgg16")
 # table 1 / table 3: number of convolutional + linear layers
 N_LAYERS = {"vgg13-6": 7, "vgg13-4": 9, "vgg13-2": 11, "vgg13": 13, "vgg16": 16}
