@@ -22,7 +22,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
 from captum_ext.data import DataSplit, accuracy, load_digits, train_model
 from captum_ext.models import digits_cnn
 
@@ -55,6 +55,11 @@ def _demo_methods() -> list[DemoMethod]:
     """Methods in the order they appear in the figure (captum-ext first)."""
     return [
         DemoMethod("GxSI", "captum-ext", lambda m, d: _wrap(GradientSignInput(m))),
+        DemoMethod(
+            "GxSI mask (3 it.)",
+            "captum-ext",
+            lambda m, d: _wrap(RecursiveMaskAttribution(m), n_iterations=3),
+        ),
         DemoMethod("Saliency", "Captum", lambda m, d: _wrap(Saliency(m), abs=False)),
         DemoMethod("Gradient*Input", "Captum", lambda m, d: _wrap(InputXGradient(m))),
         DemoMethod(

@@ -7,5 +7,7 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 """
 
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
 
-__all__ = ["GradientSignInput"]
+
+__all__ = ["GradientSignInput", "RecursiveMaskAttribution"]

@@ -6,13 +6,11 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
-from captum_ext.metrics._evaluate import (
-    EvaluationResult,
-    evaluate_attributions,
-)
-from captum_ext.metrics._image_degradation import (
-    aopc,
-    image_degradation,
+from captum_ext.metrics._evaluate import EvaluationResult, evaluate_attributions
+from captum_ext.metrics._image_degradation import aopc, image_degradation
+from captum_ext.metrics._masked_input_accuracy import (
+    masked_input_accuracy,
+    masked_input_accuracy_curve,
 )
 from captum_ext.metrics._penalties import (
     AblationPenalties,
@@ -29,5 +27,7 @@ __all__ = [
     "contribution_covariance_penalty",
     "evaluate_attributions",
     "image_degradation",
+    "masked_input_accuracy",
+    "masked_input_accuracy_curve",
     "modified_l2_penalty",
 ]

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from captum.attr import Attribution, InputXGradient
+from captum.attr import Attribution, InputXGradient, IntegratedGradients
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
 from tests.contract.fixtures import FIXTURE_NAMES
 
 
@@ -71,4 +71,13 @@ class ContractCase:
 # One line per attribution class.
 CASES: list[ContractCase] = [
     ContractCase(GradientSignInput, captum_analogs=(InputXGradient,)),
+    ContractCase(RecursiveMaskAttribution, captum_analogs=(InputXGradient,)),
+    ContractCase(
+        RecursiveMaskAttribution,
+        make=lambda ctx: RecursiveMaskAttribution(ctx.model, IntegratedGradients),
+        kwargs=lambda ctx: {"n_iterations": 2, "n_steps": 4},
+        captum_analogs=(InputXGradient,),
+        has_internal_batch_size=True,
+        label="RecursiveMaskAttribution[IntegratedGradients]",
+    ),
 ]
