@@ -7,5 +7,19 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 """
 
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.pattern import (
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternNet,
+    PatternSet,
+    fit_patterns,
+)
 
-__all__ = ["GradientSignInput"]
+__all__ = [
+    "GradientSignInput",
+    "PatternAttribution",
+    "PatternGuidedIG",
+    "PatternNet",
+    "PatternSet",
+    "fit_patterns",
+]
