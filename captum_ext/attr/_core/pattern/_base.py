@@ -66,11 +66,13 @@ class _PatternAttributionBase(GradientAttribution):
             stacklevel=3,
         )
 
+    @property
+    def _model(self) -> nn.Module:
+        return cast(nn.Module, self.forward_func)
+
     def _backward_layers(self) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
         """The model's pattern layers and the matrices their backward uses."""
-        model = self.forward_func
-        assert isinstance(model, nn.Module)
-        layers = self.patterns.check(model)
+        layers = self.patterns.check(self._model)
         weights = {}
         for name, module in layers.items():
             w = cast(Tensor, module.weight).detach()

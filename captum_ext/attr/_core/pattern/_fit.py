@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from captum._utils.progress import progress
 from torch import Tensor, nn
 from torch.nn import grad as nn_grad
@@ -25,18 +24,22 @@ class _LayerStats:
     """Sufficient statistics of one layer, accumulated in float64.
 
     With ``y`` the layer's output (bias included), ``M`` the sample mask
-    (``y > 0`` for the "relu" kind, all ones for "linear") and each output
-    unit ``j`` having its own mask, the accumulators hold, in the layout of
-    the weight ``(out, fan_in)``:
+    (``y > 0`` for the "relu" kind, all ones for "linear"; each output unit
+    ``j`` has its own) and ``x`` the unit's input (patch), the accumulators
+    hold, in the weight's layout ``(out, fan_in)``:
 
     - ``count[j] = sum M_j``, ``sum_x[j] = sum M_j x``,
-      ``sum_xy[j] = sum M_j x y_j`` (x: the unit's input patch),
+      ``sum_xy[j] = sum M_j x y_j``,
     - ``sum_y[j] = sum y_j`` over all samples and ``n_all``, the sample count.
 
-    Each batch's products are computed in ``compute_dtype`` with ``y`` shifted
-    by the batch mean ``d`` (``sum M x y = sum M x (y - d) + d sum M x``), which
-    keeps them well conditioned when ``y`` has a large mean, and are then added
-    to the float64 accumulators.
+    Per batch, ``x`` and ``y`` are centred on (approximate) batch means ``c``
+    and ``d`` (the conditioning trick of one-pass covariance updates) and the
+    sums of the centred values are computed in ``compute_dtype``; the raw sums
+    follow in float64, exactly for any ``c`` and ``d``:
+    ``sum M x = Q' + c sum M``,
+    ``sum M x y = P' + d Q' + c sum M (y - d) + c d sum M`` and
+    ``sum y = n d + sum (y - d)``,
+    with ``Q' = sum M (x - c)`` and ``P' = sum M (x - c)(y - d)``.
     """
 
     def __init__(
@@ -76,94 +79,125 @@ class _LayerStats:
         x, y = x.detach(), y.detach()
         self._ensure(y.device)
         if isinstance(self.module, nn.Conv2d):
-            q, p, d, count, sum_y, n = self._conv_products(x, y)
+            batch = self._conv_products(x, y)
         else:
-            q, p, d, count, sum_y, n = self._linear_products(x, y)
+            batch = self._linear_products(x, y)
+        q, p, c, d, n, count, sum_yc_pos, sum_yc = (
+            t.to(torch.float64) if isinstance(t, Tensor) else t for t in batch
+        )
         assert self.sum_x is not None and self.sum_xy is not None
         assert self.count is not None and self.sum_y is not None
         assert self.n_all is not None
-        q64 = q.to(torch.float64).reshape(self.out_features, self.fan_in)
-        p64 = p.to(torch.float64).reshape(self.out_features, self.fan_in)
-        self.sum_x += q64
-        self.sum_xy += p64 + d[:, None] * q64
+        q = q.reshape(self.out_features, self.fan_in)
+        p = p.reshape(self.out_features, self.fan_in)
+        c = c.reshape(-1, self.fan_in)  # (1 or out, fan_in)
+        self.sum_x.add_(q).addcmul_(c, count[:, None])
+        self.sum_xy.add_(p).addcmul_(d[:, None], q)
+        self.sum_xy.addcmul_(c, (sum_yc_pos + d * count)[:, None])
         self.count += count
-        self.sum_y += sum_y
+        self.sum_y += n * d + sum_yc
         self.n_all += n
 
-    def _linear_products(
-        self, x: Tensor, y: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+    def _linear_products(self, x: Tensor, y: Tensor) -> tuple[Any, ...]:
         dt = self._dtype(y)
         xs = x.reshape(-1, x.shape[-1]).to(dt)
-        ys = y.reshape(-1, y.shape[-1])
+        ys = y.reshape(-1, y.shape[-1]).to(dt)
         n = ys.shape[0]
-        y64 = ys.to(torch.float64)
-        sum_y = y64.sum(0)
-        d = sum_y / max(n, 1)
-        yc = ys.to(dt) - d.to(dt)
+        c = xs.mean(0)
+        d = ys.mean(0)
+        xc = xs - c
+        yc = ys - d
+        sum_yc = yc.sum(0)
         if self.relu:
-            mask = ys > 0
-            m = mask.to(dt)
-            z = torch.cat([m, m * yc], dim=1)  # (n, 2 * out)
-            r = z.T @ xs  # (2 * out, in)
+            z = torch.empty(n, 2 * self.out_features, dtype=dt, device=y.device)
+            m, my = z[:, : self.out_features], z[:, self.out_features :]
+            torch.gt(ys, 0, out=m)
+            torch.mul(yc, m, out=my)
+            sums = z.sum(0)
+            count, sum_yc_pos = sums[: self.out_features], sums[self.out_features :]
+            r = z.T @ xc  # (2 * out, in)
             q, p = r[: self.out_features], r[self.out_features :]
-            count = mask.sum(0).to(torch.float64)
         else:
-            q = xs.sum(0).expand(self.out_features, -1)
-            p = yc.T @ xs
-            count = torch.full_like(sum_y, float(n))
-        return q, p, d, count, sum_y, n
+            count = torch.full_like(d, float(n))
+            sum_yc_pos = sum_yc
+            q = xc.sum(0).expand(self.out_features, -1)
+            p = yc.T @ xc
+        return q, p, c, d, n, count, sum_yc_pos, sum_yc
 
-    def _conv_products(
-        self, x: Tensor, y: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+    def _conv_products(self, x: Tensor, y: Tensor) -> tuple[Any, ...]:
         conv = self.module
         assert isinstance(conv, nn.Conv2d)
         dt = self._dtype(y)
-        top, bottom, left, right = conv_padding(conv)
-        if top == bottom and left == right:
-            xin, padding = x, (top, left)
-        else:
-            xin, padding = F.pad(x, (left, right, top, bottom)), (0, 0)
         n_img, c_out, h_out, w_out = y.shape
+        c_in, h_in, w_in = x.shape[1:]
         groups = conv.groups
-        y64 = y.to(torch.float64)
-        sum_y = y64.sum(dim=(0, 2, 3))
-        n = n_img * h_out * w_out
-        d = sum_y / max(n, 1)
-        yc = y.to(dt) - d.to(dt)[None, :, None, None]
-        if self.relu:
-            mask = y > 0
-            m = mask.to(dt)
-            count = mask.sum(dim=(0, 2, 3)).to(torch.float64)
-        else:
-            m = torch.ones_like(yc)
-            count = torch.full_like(sum_y, float(n))
-        # One weight-gradient kernel call computes both im2col products
-        # sum_{images, positions} patch (x) [M, M * (y - d)]: the channels of
-        # each group are laid out as [M_g, M_g * yc_g].
         cg = c_out // groups
-        z = torch.stack(
-            [
-                m.reshape(n_img, groups, cg, h_out, w_out),
-                (m * yc).reshape(n_img, groups, cg, h_out, w_out),
-            ],
-            dim=2,
-        ).reshape(n_img, 2 * c_out, h_out, w_out)
-        weight_size = (2 * c_out, *self.weight.shape[1:])
+        x, y = x.to(dt), y.to(dt)
+        # any shifts give exact sums; a few images give well-conditioned ones
+        c = x[:8].mean(dim=(0, 2, 3))
+        d = y.mean(dim=(0, 2, 3))
+        # zero padding first, then centring: padded inputs are x = 0, x - c = -c
+        top, bottom, left, right = conv_padding(conv)
+        xc = torch.empty(
+            n_img,
+            c_in,
+            h_in + top + bottom,
+            w_in + left + right,
+            dtype=dt,
+            device=x.device,
+        )
+        if top or left:
+            xc[:, :, :top].copy_((-c)[None, :, None, None].expand_as(xc[:, :, :top]))
+            border = xc[:, :, top : top + h_in, :left]
+            border.copy_((-c)[None, :, None, None].expand_as(border))
+        if bottom or right:
+            xc[:, :, top + h_in :].copy_(
+                (-c)[None, :, None, None].expand_as(xc[:, :, top + h_in :])
+            )
+            border = xc[:, :, top : top + h_in, left + w_in :]
+            border.copy_((-c)[None, :, None, None].expand_as(border))
+        torch.sub(
+            x,
+            c[None, :, None, None],
+            out=xc[:, :, top : top + h_in, left : left + w_in],
+        )
+        # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
+        # weight-gradient kernel call then forms both im2col products
+        # sum_{images, positions} patch' (x) z.
+        z = torch.empty(n_img, groups, 2, cg, h_out, w_out, dtype=dt, device=y.device)
+        m, my = z[:, :, 0], z[:, :, 1]
+        yg = y.view(n_img, groups, cg, h_out, w_out)
+        torch.sub(yg, d.view(1, groups, cg, 1, 1), out=my)
+        sum_yc = my.sum(dim=(0, 3, 4)).reshape(c_out)
+        if self.relu:
+            torch.gt(yg, 0, out=m)
+            my.mul_(m)
+            count = m.sum(dim=(0, 3, 4)).reshape(c_out)
+            sum_yc_pos = my.sum(dim=(0, 3, 4)).reshape(c_out)
+        else:
+            m.fill_(1.0)
+            count = torch.full_like(d, float(n_img * h_out * w_out))
+            sum_yc_pos = sum_yc
         r = nn_grad.conv2d_weight(
-            xin.to(dt),
-            weight_size,
-            z,
+            xc,
+            (2 * c_out, *self.weight.shape[1:]),
+            z.view(n_img, 2 * c_out, h_out, w_out),
             stride=conv.stride,
-            padding=padding,
+            padding=0,
             dilation=conv.dilation,
             groups=groups,
         )
         r = r.reshape(groups, 2, cg, -1)
         q = r[:, 0].reshape(c_out, -1)
         p = r[:, 1].reshape(c_out, -1)
-        return q, p, d, count, sum_y, n
+        kh, kw = conv.kernel_size
+        c_rows = (
+            c.reshape(groups, 1, c_in // groups, 1)
+            .expand(groups, cg, c_in // groups, kh * kw)
+            .reshape(c_out, -1)
+        )
+        n = n_img * h_out * w_out
+        return q, p, c_rows, d, n, count, sum_yc_pos, sum_yc
 
     def buffers(self) -> list[Tensor]:
         assert self.count is not None and self.sum_x is not None

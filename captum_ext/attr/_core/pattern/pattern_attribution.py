@@ -54,7 +54,7 @@ class _StartFromOutput(_PatternAttributionBase):
         validate_target(target, inputs_tuple[0].shape[0])
         layers, weights = self._backward_layers()
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs_tuple)
-        with torch.enable_grad(), pattern_backward(self.forward_func, layers, weights):
+        with torch.enable_grad(), pattern_backward(self._model, layers, weights):
             selected = self._forward_select(leaves, target, additional_forward_args)
             grads = torch.autograd.grad(
                 selected,

@@ -143,7 +143,7 @@ class PatternGuidedIG(_PatternAttributionBase):
         check_positive_int(n_steps, "n_steps")
         check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
         layers, weights = self._backward_layers()
-        with pattern_backward(self.forward_func, layers, weights):
+        with pattern_backward(self._model, layers, weights):
             if internal_batch_size is not None:
                 attributions = _batch_attribution(
                     self,
