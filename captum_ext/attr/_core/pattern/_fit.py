@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from captum._utils.progress import progress
 from torch import Tensor, nn
-from torch.nn import grad as nn_grad
 from torch.nn.modules.dropout import _DropoutNd
 
 from captum_ext.attr._core.pattern._layers import (
@@ -129,64 +129,54 @@ class _LayerStats:
         assert isinstance(conv, nn.Conv2d)
         dt = self._dtype(y)
         n_img, c_out, h_out, w_out = y.shape
-        c_in, h_in, w_in = x.shape[1:]
+        c_in = x.shape[1]
         groups = conv.groups
         cg = c_out // groups
         x, y = x.to(dt), y.to(dt)
-        # any shifts give exact sums; a few images give well-conditioned ones
+        n = n_img * h_out * w_out
+        # any shifts give exact sums; near-means give well-conditioned ones
         c = x[:8].mean(dim=(0, 2, 3))
         d = y.mean(dim=(0, 2, 3))
         # zero padding first, then centring: padded inputs are x = 0, x - c = -c
         top, bottom, left, right = conv_padding(conv)
-        xc = torch.empty(
-            n_img,
-            c_in,
-            h_in + top + bottom,
-            w_in + left + right,
-            dtype=dt,
-            device=x.device,
-        )
-        if top or left:
-            xc[:, :, :top].copy_((-c)[None, :, None, None].expand_as(xc[:, :, :top]))
-            border = xc[:, :, top : top + h_in, :left]
-            border.copy_((-c)[None, :, None, None].expand_as(border))
-        if bottom or right:
-            xc[:, :, top + h_in :].copy_(
-                (-c)[None, :, None, None].expand_as(xc[:, :, top + h_in :])
-            )
-            border = xc[:, :, top : top + h_in, left + w_in :]
-            border.copy_((-c)[None, :, None, None].expand_as(border))
-        torch.sub(
-            x,
-            c[None, :, None, None],
-            out=xc[:, :, top : top + h_in, left : left + w_in],
-        )
+        if top or bottom or left or right:
+            xc = F.pad(x, (left, right, top, bottom))
+            xc.sub_(c[None, :, None, None])
+        else:
+            xc = x - c[None, :, None, None]
         # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
-        # weight-gradient kernel call then forms both im2col products
-        # sum_{images, positions} patch' (x) z.
+        # convolution weight-gradient call forms both im2col products
+        # sum_{images, positions} patch' (x) z, and its bias gradient the
+        # per-channel sums of z (counts and sum M (y - d)).
         z = torch.empty(n_img, groups, 2, cg, h_out, w_out, dtype=dt, device=y.device)
         m, my = z[:, :, 0], z[:, :, 1]
         yg = y.view(n_img, groups, cg, h_out, w_out)
         torch.sub(yg, d.view(1, groups, cg, 1, 1), out=my)
-        sum_yc = my.sum(dim=(0, 3, 4)).reshape(c_out)
+        sum_yc = my.sum(dim=(0, 3, 4)).reshape(c_out)  # sum y = n d + sum (y - d)
         if self.relu:
             torch.gt(yg, 0, out=m)
             my.mul_(m)
-            count = m.sum(dim=(0, 3, 4)).reshape(c_out)
-            sum_yc_pos = my.sum(dim=(0, 3, 4)).reshape(c_out)
         else:
             m.fill_(1.0)
-            count = torch.full_like(d, float(n_img * h_out * w_out))
-            sum_yc_pos = sum_yc
-        r = nn_grad.conv2d_weight(
-            xc,
-            (2 * c_out, *self.weight.shape[1:]),
+        weight_size = (2 * c_out, *self.weight.shape[1:])
+        _, r, zsum = torch.ops.aten.convolution_backward(
             z.view(n_img, 2 * c_out, h_out, w_out),
-            stride=conv.stride,
-            padding=0,
-            dilation=conv.dilation,
-            groups=groups,
+            xc,
+            xc.new_empty(1).expand(weight_size),
+            [2 * c_out],
+            list(conv.stride),
+            [0, 0],
+            list(conv.dilation),
+            False,
+            [0, 0],
+            groups,
+            [False, True, True],
         )
+        zsum = zsum.reshape(groups, 2, cg)
+        count = zsum[:, 0].reshape(c_out)
+        if dt != torch.float64 and n >= 2**24:  # beyond exact float32 integers
+            count = m.sum(dim=(0, 3, 4), dtype=torch.float64).reshape(c_out)
+        sum_yc_pos = zsum[:, 1].reshape(c_out)
         r = r.reshape(groups, 2, cg, -1)
         q = r[:, 0].reshape(c_out, -1)
         p = r[:, 1].reshape(c_out, -1)
@@ -196,7 +186,6 @@ class _LayerStats:
             .expand(groups, cg, c_in // groups, kh * kw)
             .reshape(c_out, -1)
         )
-        n = n_img * h_out * w_out
         return q, p, c_rows, d, n, count, sum_yc_pos, sum_yc
 
     def buffers(self) -> list[Tensor]:
