@@ -22,7 +22,13 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import (
+    GradientSignInput,
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternSet,
+    fit_patterns,
+)
 from captum_ext.data import DataSplit, accuracy, load_digits, train_model
 from captum_ext.models import digits_cnn
 
@@ -51,6 +57,18 @@ def _wrap(method: Any, **kwargs: Any) -> AttributeFn:
     return fn
 
 
+_PATTERNS: dict[int, PatternSet] = {}
+
+
+def _digits_patterns(model: nn.Module, data: DataSplit) -> PatternSet:
+    """Patterns of ``model`` fitted once on the digits training split."""
+    key = id(model)
+    if key not in _PATTERNS:
+        loader = data.train_loader(batch_size=512, shuffle=False)
+        _PATTERNS[key] = fit_patterns(model, loader)
+    return _PATTERNS[key]
+
+
 def _demo_methods() -> list[DemoMethod]:
     """Methods in the order they appear in the figure (captum-ext first)."""
     return [
@@ -61,6 +79,16 @@ def _demo_methods() -> list[DemoMethod]:
             "Integrated Gradients",
             "Captum",
             lambda m, d: _wrap(IntegratedGradients(m), n_steps=32),
+        ),
+        DemoMethod(
+            "PatternAttribution",
+            "captum-ext",
+            lambda m, d: _wrap(PatternAttribution(m, _digits_patterns(m, d))),
+        ),
+        DemoMethod(
+            "Pattern-Guided IG",
+            "captum-ext",
+            lambda m, d: _wrap(PatternGuidedIG(m, _digits_patterns(m, d)), n_steps=32),
         ),
     ]
 

@@ -7,6 +7,8 @@
   PA = y_c * gradient, which the check verifies.
 - fit_patterns vs a plain forward pass over the same batches (goal ratio <= 3);
   the check recomputes the last layer's pattern (eq. 2) from that forward pass.
+  Lower bound: 3 forward passes (the forward, plus the two im2col products
+  sum x [M, M y], each costing what the layer's forward costs).
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ def rows(device: torch.device, quick: bool) -> list[BenchRow]:
             ours=lambda: fit_patterns(model, data),
             theirs=plain_forward,
             goal=("ratio<=", 3.0),
+            # the forward plus two im2col products of each layer's forward cost
+            passes=3,
+            unit=plain_forward,
             check=check_fit,
             note=f"VGG-style CNN, {n_batches} batches of {fit_batch} x 3x32x32",
         ),

@@ -317,12 +317,14 @@ def fit_patterns(
     dilation and groups. The bias cancels in the numerator.
 
     The pass is streaming: per batch, the im2col products
-    :math:`\sum_n x_n [M_n, M_n y_n]` are computed with matrix kernels (for
-    convolutions the weight-gradient kernel, which forms the im2col product
-    without materialising the patches), in ``compute_dtype`` and with ``y``
-    shifted by its batch mean for conditioning, and added to float64
-    accumulators. Memory does not grow with the data set; there are no
-    per-sample Python loops.
+    :math:`\sum_n x_n [M_n, M_n y_n]` are formed by one matrix kernel per layer
+    (a matrix multiply for ``nn.Linear``; for ``nn.Conv2d`` the convolution
+    weight-gradient kernel, which computes the im2col product without
+    materialising the patches), on ``x`` and ``y`` centred by batch means for
+    conditioning, in ``compute_dtype``, and added to float64 accumulators from
+    which the raw sums are reconstructed exactly. Memory does not grow with the
+    data set; there are no per-sample Python loops. Layers that the forward
+    pass never calls get no pattern (with ``layers=None``).
 
     Args:
         model (nn.Module): The model, with any BatchNorm folded
@@ -349,8 +351,8 @@ def fit_patterns(
         compute_dtype (torch.dtype, optional): Dtype of the per-batch products
             before they enter the float64 accumulators. Default: the layer's
             dtype (float32 kernels for float32 models, the fast path);
-            ``torch.float64`` gives double precision throughout at about twice
-            the cost.
+            ``torch.float64`` gives double precision throughout, at a few times
+            the cost on CPUs.
 
     Returns:
         PatternSet: one pattern per layer, shaped like its weight.

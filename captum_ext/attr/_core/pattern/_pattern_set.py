@@ -104,7 +104,7 @@ class PatternSet(Mapping[str, Tensor]):
 
     def __repr__(self) -> str:
         layers = ", ".join(
-            f"{n}: {tuple(p.shape)}" for n, p in list(self._patterns.items())[:6]
+            f"{n!r}: {tuple(p.shape)}" for n, p in list(self._patterns.items())[:6]
         )
         more = ", ..." if len(self._patterns) > 6 else ""
         return f"PatternSet(kind={self._kind!r}, {{{layers}{more}}})"

@@ -88,15 +88,15 @@ class PatternNet(_StartFromOutput):
 
     .. math::
 
-        s = \left(\partial^{(A)} f_c / \partial^{(A)} x\right)\big|_{\text{start}
-        = y_c},
+        s = y_c \, \frac{\partial^{(A)} f_c(x)}{\partial^{(A)} x},
         \qquad \text{layer rule: } \; g_{\text{in}} = A^T g_{\text{out}},
 
-    where ReLU gating and max-pool routing are those of the forward pass,
-    biases are ignored and the backward starts from the explained logit's value
-    :math:`y_c` (as in the original method), so that the result is an estimate
-    of the *signal* component of the input, in input units, for which
-    :math:`f_c` is :math:`w^T s`. It is not multiplied by the input.
+    where :math:`\partial^{(A)}` is the backward pass with that rule, ReLU
+    gating and max-pool routing are those of the forward pass, biases are
+    ignored and the backward starts from the explained logit's value
+    :math:`y_c` (as in the original method): the result estimates the *signal*
+    component of the input, in input units (for one linear layer,
+    :math:`s = a\,y`). It is not multiplied by the input.
 
     The rules are applied with forward hooks that swap each ``nn.Linear`` /
     ``nn.Conv2d``'s backward (the weights are never modified; hooks are
@@ -134,7 +134,7 @@ class PatternAttribution(_StartFromOutput):
 
     .. math::
 
-        \phi^{PA}_{f,i}(x) = \frac{\partial^{(p)} f(x)}{\partial^{(p)} x_i},
+        \phi^{PA}_{f,i}(x) = y_c \, \frac{\partial^{(p)} f_c(x)}{\partial^{(p)} x_i},
         \qquad \text{layer rule: } \; g_{\text{in}} = (W \odot A)^T g_{\text{out}}.
 
     ReLU gating and max-pool routing come from the forward pass and biases are
