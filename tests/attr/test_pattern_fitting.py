@@ -158,6 +158,7 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("kind", ["relu", "linear"])
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_conv2d_equals_brute_force(kind: str, case: str) -> None:

@@ -52,9 +52,12 @@ class _PatternConv2d(torch.autograd.Function):
         conv: nn.Conv2d,
     ) -> Tensor:
         ctx.save_for_backward(backward_weight)
-        ctx.input_shape = x.shape
-        ctx.stride = conv.stride
-        ctx.dilation = conv.dilation
+        # the input only lends its shape and layout to the input-gradient
+        # kernel (its values are not used), so it is kept without a version
+        # check: a later in-place change of it cannot affect the result
+        ctx.x = x.detach()
+        ctx.stride = list(conv.stride)
+        ctx.dilation = list(conv.dilation)
         ctx.groups = conv.groups
         ctx.pads = conv_padding(conv)
         return holder[0]
@@ -62,22 +65,29 @@ class _PatternConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
         (b,) = ctx.saved_tensors
+        x = ctx.x
+        ctx.x = None
         top, bottom, left, right = ctx.pads
-        n, c, h, w = ctx.input_shape
+        b = b.to(grad_out.dtype)
         if top == bottom and left == right:
-            grad_in = nn_grad.conv2d_input(
-                (n, c, h, w),
-                b.to(grad_out.dtype),
+            grad_in = torch.ops.aten.convolution_backward(
                 grad_out,
-                stride=ctx.stride,
-                padding=(top, left),
-                dilation=ctx.dilation,
-                groups=ctx.groups,
-            )
-        else:
+                x,
+                b,
+                None,
+                ctx.stride,
+                [top, left],
+                ctx.dilation,
+                False,
+                [0, 0],
+                ctx.groups,
+                [True, False, False],
+            )[0]
+        else:  # asymmetric ("same") padding: the gradient of the padded input
+            n, c, h, w = x.shape
             padded = nn_grad.conv2d_input(
                 (n, c, h + top + bottom, w + left + right),
-                b.to(grad_out.dtype),
+                b,
                 grad_out,
                 stride=ctx.stride,
                 padding=0,

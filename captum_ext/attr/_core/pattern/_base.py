@@ -49,6 +49,7 @@ class _PatternAttributionBase(GradientAttribution):
             )
         patterns.check(model)
         self.patterns = patterns
+        self._weight_cache: dict[str, tuple[Any, Tensor]] = {}
         self._softmax_warned = False
         last = list(model.modules())[-1]
         if isinstance(last, _SOFTMAX_TYPES):
@@ -75,9 +76,17 @@ class _PatternAttributionBase(GradientAttribution):
         layers = self.patterns.check(self._model)
         weights = {}
         for name, module in layers.items():
-            w = cast(Tensor, module.weight).detach()
-            a = self.patterns[name].to(device=w.device, dtype=w.dtype)
-            weights[name] = self._substitute(w, a)
+            w = cast(Tensor, module.weight)
+            pattern = self.patterns[name]
+            # reuse the substitute while weight and pattern are the same tensors
+            # with the same contents (the version counter tracks in-place edits)
+            key = (w.data_ptr(), w._version, w.dtype, w.device, id(pattern))
+            cached = self._weight_cache.get(name)
+            if cached is None or cached[0] != key:
+                a = pattern.to(device=w.device, dtype=w.dtype)
+                cached = (key, self._substitute(w.detach(), a))
+                self._weight_cache[name] = cached
+            weights[name] = cached[1]
         return layers, weights
 
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:

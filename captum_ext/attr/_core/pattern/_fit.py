@@ -88,7 +88,7 @@ class _LayerStats:
         assert self.sum_x is not None and self.sum_xy is not None
         assert self.count is not None and self.sum_y is not None
         assert self.n_all is not None
-        q = q.reshape(self.out_features, self.fan_in)
+        q = q.reshape(-1, self.fan_in)  # (1 or out, fan_in): broadcast over out
         p = p.reshape(self.out_features, self.fan_in)
         c = c.reshape(-1, self.fan_in)  # (1 or out, fan_in)
         self.sum_x.add_(q).addcmul_(c, count[:, None])
@@ -120,7 +120,7 @@ class _LayerStats:
         else:
             count = torch.full_like(d, float(n))
             sum_yc_pos = sum_yc
-            q = xc.sum(0).expand(self.out_features, -1)
+            q = xc.sum(0)  # the same for every output unit
             p = yc.T @ xc
         return q, p, c, d, n, count, sum_yc_pos, sum_yc
 
