@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -57,16 +58,17 @@ def _wrap(method: Any, **kwargs: Any) -> AttributeFn:
     return fn
 
 
-_PATTERNS: dict[int, PatternSet] = {}
+_PATTERNS: weakref.WeakKeyDictionary[nn.Module, PatternSet] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _digits_patterns(model: nn.Module, data: DataSplit) -> PatternSet:
     """Patterns of ``model`` fitted once on the digits training split."""
-    key = id(model)
-    if key not in _PATTERNS:
+    if model not in _PATTERNS:
         loader = data.train_loader(batch_size=512, shuffle=False)
-        _PATTERNS[key] = fit_patterns(model, loader)
-    return _PATTERNS[key]
+        _PATTERNS[model] = fit_patterns(model, loader)
+    return _PATTERNS[model]
 
 
 def _demo_methods() -> list[DemoMethod]:
