@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +23,14 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
+from captum_ext.attr import (
+    GradientSignInput,
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternSet,
+    RecursiveMaskAttribution,
+    fit_patterns,
+)
 from captum_ext.data import DataSplit, accuracy, load_digits, train_model
 from captum_ext.models import digits_cnn
 
@@ -51,6 +59,19 @@ def _wrap(method: Any, **kwargs: Any) -> AttributeFn:
     return fn
 
 
+_PATTERNS: weakref.WeakKeyDictionary[nn.Module, PatternSet] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _digits_patterns(model: nn.Module, data: DataSplit) -> PatternSet:
+    """Patterns of ``model`` fitted once on the digits training split."""
+    if model not in _PATTERNS:
+        loader = data.train_loader(batch_size=512, shuffle=False)
+        _PATTERNS[model] = fit_patterns(model, loader)
+    return _PATTERNS[model]
+
+
 def _demo_methods() -> list[DemoMethod]:
     """Methods in the order they appear in the figure (captum-ext first)."""
     return [
@@ -66,6 +87,16 @@ def _demo_methods() -> list[DemoMethod]:
             "Integrated Gradients",
             "Captum",
             lambda m, d: _wrap(IntegratedGradients(m), n_steps=32),
+        ),
+        DemoMethod(
+            "PatternAttribution",
+            "captum-ext",
+            lambda m, d: _wrap(PatternAttribution(m, _digits_patterns(m, d))),
+        ),
+        DemoMethod(
+            "Pattern-Guided IG",
+            "captum-ext",
+            lambda m, d: _wrap(PatternGuidedIG(m, _digits_patterns(m, d)), n_steps=32),
         ),
     ]
 

@@ -7,7 +7,21 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 """
 
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.pattern import (
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternNet,
+    PatternSet,
+    fit_patterns,
+)
 from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
 
-
-__all__ = ["GradientSignInput", "RecursiveMaskAttribution"]
+__all__ = [
+    "GradientSignInput",
+    "PatternAttribution",
+    "PatternGuidedIG",
+    "PatternNet",
+    "PatternSet",
+    "RecursiveMaskAttribution",
+    "fit_patterns",
+]

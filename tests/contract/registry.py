@@ -16,11 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from captum.attr import Attribution, InputXGradient, IntegratedGradients
+from captum.attr import Attribution, InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
+from captum_ext.attr import (
+    GradientSignInput,
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternNet,
+    RecursiveMaskAttribution,
+)
 from tests.contract.fixtures import FIXTURE_NAMES
+from tests.contract.pattern_factories import (
+    make_pattern_attribution,
+    make_pattern_net,
+    make_pgig,
+    pgig_kwargs,
+)
 
 
 @dataclass(frozen=True)
@@ -79,5 +91,20 @@ CASES: list[ContractCase] = [
         captum_analogs=(InputXGradient,),
         has_internal_batch_size=True,
         label="RecursiveMaskAttribution[IntegratedGradients]",
+    ),
+    ContractCase(
+        PatternNet, make=make_pattern_net, captum_analogs=(Saliency, InputXGradient)
+    ),
+    ContractCase(
+        PatternAttribution,
+        make=make_pattern_attribution,
+        captum_analogs=(Saliency, InputXGradient),
+    ),
+    ContractCase(
+        PatternGuidedIG,
+        make=make_pgig,
+        kwargs=pgig_kwargs,
+        captum_analogs=(IntegratedGradients,),
+        has_internal_batch_size=True,
     ),
 ]

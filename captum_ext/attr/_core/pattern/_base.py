@@ -1,0 +1,127 @@
+"""Shared machinery of the pattern-based attribution classes."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, cast
+
+import torch
+from captum._utils.common import _run_forward, _select_targets
+from captum.attr import GradientAttribution
+from torch import Tensor, nn
+
+from captum_ext._utils.validation import check_target_in_range
+from captum_ext.attr._core.pattern._layers import check_supported_model
+from captum_ext.attr._core.pattern._pattern_set import PatternSet
+
+_SOFTMAX_TYPES = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+
+
+def _looks_like_softmax(output: Tensor) -> bool:
+    """Rows that are probability (or log-probability) vectors."""
+    if output.dim() != 2 or output.shape[1] < 2 or output.numel() == 0:
+        return False
+    with torch.no_grad():
+        out = output.detach().float()
+        if bool((out >= 0).all()) and bool(
+            torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4)
+        ):
+            return True
+        if bool((out <= 0).all()) and bool(
+            torch.allclose(
+                torch.logsumexp(out, 1), torch.zeros_like(out[:, 0]), atol=1e-4
+            )
+        ):
+            return True
+    return False
+
+
+class _PatternAttributionBase(GradientAttribution):
+    """Validates model and patterns; runs forward passes with pattern backward."""
+
+    def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
+        GradientAttribution.__init__(self, model)
+        check_supported_model(model, type(self).__name__)
+        if not isinstance(patterns, PatternSet):
+            raise TypeError(
+                "`patterns` must be a PatternSet (from fit_patterns or "
+                f"PatternSet.load), got {type(patterns).__name__}."
+            )
+        patterns.check(model)
+        self.patterns = patterns
+        self._weight_cache: dict[str, tuple[Any, Tensor]] = {}
+        self._softmax_warned = False
+        last = list(model.modules())[-1]
+        if isinstance(last, _SOFTMAX_TYPES):
+            self._warn_softmax(f"`model` ends in {type(last).__name__}")
+
+    def _warn_softmax(self, why: str) -> None:
+        if self._softmax_warned:
+            return
+        self._softmax_warned = True
+        warnings.warn(
+            f"{type(self).__name__}: {why}. Pattern methods explain logits: the "
+            "softmax must not be part of the explained graph (its backward mixes "
+            "the classes). Explain the model without its final softmax.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    @property
+    def _model(self) -> nn.Module:
+        return cast(nn.Module, self.forward_func)
+
+    def _backward_layers(self) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
+        """The model's pattern layers and the matrices their backward uses."""
+        layers = self.patterns.check(self._model)
+        weights = {}
+        for name, module in layers.items():
+            w = cast(Tensor, module.weight)
+            pattern = self.patterns[name]
+            # reuse the substitute while weight and pattern are the same tensors
+            # with the same contents (the version counter tracks in-place edits)
+            key = (w.data_ptr(), w._version, w.dtype, w.device, id(pattern))
+            cached = self._weight_cache.get(name)
+            if cached is None or cached[0] != key:
+                a = pattern.to(device=w.device, dtype=w.dtype)
+                cached = (key, self._substitute(w.detach(), a))
+                self._weight_cache[name] = cached
+            weights[name] = cached[1]
+        return layers, weights
+
+    def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _forward_select(
+        self,
+        inputs: tuple[Tensor, ...],
+        target: Any,
+        additional_forward_args: Any,
+    ) -> Tensor:
+        """Run the model (pattern hooks active) and select the target output."""
+        output = _run_forward(self.forward_func, inputs, None, additional_forward_args)
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"The model must return a Tensor, got {type(output).__name__}."
+            )
+        if output.dim() == 0:
+            raise ValueError(
+                "The model must return one value (or one row) per example; it "
+                "returned a 0-d tensor."
+            )
+        check_target_in_range(output, target)
+        if not self._softmax_warned and _looks_like_softmax(output):
+            self._warn_softmax("the model's outputs look like softmax probabilities")
+        selected = _select_targets(output, target)
+        if selected.dim() > 1 and selected[0].numel() != 1:
+            raise AssertionError(
+                "Target not provided when necessary, cannot take gradient with "
+                "respect to multiple outputs."
+            )
+        return selected.reshape(selected.shape[0])
+
+    def attribute_future(self) -> None:
+        """Not implemented: pattern attributions are computed synchronously."""
+        raise NotImplementedError(
+            f"attribute_future is not implemented for {type(self).__name__}"
+        )

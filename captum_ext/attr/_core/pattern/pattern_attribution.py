@@ -1,0 +1,172 @@
+"""PatternNet and PatternAttribution (Kindermans et al., 2018)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from captum._utils.common import _format_output
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_ext._utils.validation import format_inputs, validate_target
+from captum_ext.attr._core.pattern._backward import pattern_backward
+from captum_ext.attr._core.pattern._base import _PatternAttributionBase
+from captum_ext.attr._core.pattern._pattern_set import PatternSet
+
+
+class _StartFromOutput(_PatternAttributionBase):
+    """Backward from the target output's value through the substituted layers."""
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""Backpropagate the target output's value with the pattern rules.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Input for which attributions
+                are computed. Dimension 0 of every tensor indexes examples; a
+                tuple is passed to the model as separate arguments.
+            target (int, tuple, Tensor, or list, optional): Output indices to
+                explain, with Captum's ``TargetType`` semantics (one index for
+                all examples, or one per example). Default: None (the model
+                returns a scalar per example).
+            additional_forward_args (Any, optional): Extra arguments passed to
+                the model after the inputs; no attributions are computed for
+                them. Default: None.
+
+        Returns:
+            Tensor or tuple[Tensor, ...]: the attributions, with the structure
+            and shapes of ``inputs``.
+
+        Examples::
+
+            >>> patterns = fit_patterns(model, train_loader)
+            >>> attr = PatternAttribution(model, patterns).attribute(
+            ...     images, target=labels)
+        """
+        is_inputs_tuple, inputs_tuple = format_inputs(inputs)
+        validate_target(target, inputs_tuple[0].shape[0])
+        layers, weights = self._backward_layers()
+        leaves = tuple(x.detach().requires_grad_(True) for x in inputs_tuple)
+        with torch.enable_grad(), pattern_backward(self._model, layers, weights):
+            selected = self._forward_select(leaves, target, additional_forward_args)
+            grads = torch.autograd.grad(
+                selected,
+                leaves,
+                grad_outputs=selected.detach(),
+                allow_unused=True,
+            )
+        attributions = tuple(
+            torch.zeros_like(x) if g is None else g.detach()
+            for x, g in zip(leaves, grads)
+        )
+        return cast(
+            TensorOrTupleOfTensorsGeneric,
+            _format_output(is_inputs_tuple, attributions),
+        )
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """False: the result is a (modified) gradient, not multiplied by x."""
+        return False
+
+
+class PatternNet(_StartFromOutput):
+    r"""PatternNet: the signal estimator of Kindermans et al. (2018).
+
+    *Learning how to explain neural networks: PatternNet and
+    PatternAttribution* (ICLR 2018); eq. 2-3 of Schwarzenberg & Castle,
+    *Pattern-Guided Integrated Gradients*. The backward pass from the target
+    output replaces every layer's weights :math:`W` by its pattern :math:`A`
+    (fitted with :func:`fit_patterns`):
+
+    .. math::
+
+        s = y_c \, \frac{\partial^{(A)} f_c(x)}{\partial^{(A)} x},
+        \qquad \text{layer rule: } \; g_{\text{in}} = A^T g_{\text{out}},
+
+    where :math:`\partial^{(A)}` is the backward pass with that rule, ReLU
+    gating and max-pool routing are those of the forward pass, biases are
+    ignored and the backward starts from the explained logit's value
+    :math:`y_c` (as in the original method): the result estimates the *signal*
+    component of the input, in input units (for one linear layer,
+    :math:`s = a\,y`). It is not multiplied by the input.
+
+    The rules are applied with forward hooks that swap each ``nn.Linear`` /
+    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). Every other operation, including functional
+    activations in custom ``forward`` methods, keeps its ordinary gradient.
+    The model must not end in a softmax (a warning is issued): explain logits.
+
+    Args:
+        model (nn.Module): The model (BatchNorm folded, see
+            :func:`captum_ext.models.fold_batchnorm`).
+        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
+            of ``model`` (:func:`fit_patterns`).
+
+    Examples::
+
+        >>> patterns = fit_patterns(model, train_loader)
+        >>> signal = PatternNet(model, patterns).attribute(images, target=labels)
+    """
+
+    def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
+        _PatternAttributionBase.__init__(self, model, patterns)
+
+    def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
+        return pattern
+
+
+class PatternAttribution(_StartFromOutput):
+    r"""PatternAttribution (Kindermans et al., 2018).
+
+    *Learning how to explain neural networks: PatternNet and
+    PatternAttribution* (ICLR 2018); eq. 3 of Schwarzenberg & Castle,
+    *Pattern-Guided Integrated Gradients*. The gradient backward pass with every
+    layer's weights :math:`W` replaced by :math:`W \odot A`, the element-wise
+    product with its pattern (fitted with :func:`fit_patterns`):
+
+    .. math::
+
+        \phi^{PA}_{f,i}(x) = y_c \, \frac{\partial^{(p)} f_c(x)}{\partial^{(p)} x_i},
+        \qquad \text{layer rule: } \; g_{\text{in}} = (W \odot A)^T g_{\text{out}}.
+
+    ReLU gating and max-pool routing come from the forward pass and biases are
+    ignored. As in the original method (and the PGIG paper's fig. 2), the
+    backward pass **starts from the target output's value** :math:`y_c`, not
+    from 1: the attribution scales with the logit, and is zero when it is zero.
+    The result is not multiplied by the input. Weights that mostly cancel
+    distractors get small :math:`A`, so PatternAttribution attributes to the
+    signal rather than the noise (Kindermans et al.), but, like the gradient,
+    it is zero at saturated plateaus (see :class:`PatternGuidedIG`).
+
+    The rules are applied with forward hooks that swap each ``nn.Linear`` /
+    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). Every other operation, including functional
+    activations in custom ``forward`` methods, keeps its ordinary gradient.
+    The model must not end in a softmax (a warning is issued): explain logits.
+
+    Args:
+        model (nn.Module): The model (BatchNorm folded, see
+            :func:`captum_ext.models.fold_batchnorm`).
+        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
+            of ``model`` (:func:`fit_patterns`).
+
+    Examples::
+
+        >>> patterns = fit_patterns(model, train_loader)
+        >>> pa = PatternAttribution(model, patterns)
+        >>> attr = pa.attribute(images, target=labels)
+    """
+
+    def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
+        _PatternAttributionBase.__init__(self, model, patterns)
+
+    def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
+        return weight * pattern

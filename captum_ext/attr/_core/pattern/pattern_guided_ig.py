@@ -1,0 +1,226 @@
+"""Pattern-Guided Integrated Gradients (Schwarzenberg & Castle, 2021)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from captum._utils.common import (
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+    _format_output,
+)
+from captum._utils.typing import (
+    BaselineType,
+    TargetType,
+    TensorOrTupleOfTensorsGeneric,
+)
+from captum.attr._utils.approximation_methods import approximation_parameters
+from captum.attr._utils.batching import _batch_attribution
+from captum.attr._utils.common import _format_input_baseline, _validate_input
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_ext._utils.validation import (
+    check_positive_int,
+    format_inputs,
+    validate_target,
+)
+from captum_ext.attr._core.pattern._backward import pattern_backward
+from captum_ext.attr._core.pattern._base import _PatternAttributionBase
+from captum_ext.attr._core.pattern._pattern_set import PatternSet
+
+
+class PatternGuidedIG(_PatternAttributionBase):
+    r"""Pattern-Guided Integrated Gradients (PGIG).
+
+    Schwarzenberg & Castle, *Pattern-Guided Integrated Gradients* (ICML 2021
+    workshop), eq. 4: Integrated Gradients whose path gradients are taken with
+    the PatternAttribution backward pass :math:`\partial^{(p)}` (every
+    ``nn.Linear`` / ``nn.Conv2d`` backpropagates with :math:`W \odot A`, ReLU
+    gating and max-pool routing from the forward pass, biases ignored),
+    started from 1 (as in IG) and multiplied by :math:`x - \bar{x}`:
+
+    .. math::
+
+        \phi^{PGIG}_{f,i}(x) = (x_i - \bar{x}_i) \int_0^1
+        \frac{\partial^{(p)} f(\bar{x} + \alpha (x - \bar{x}))}
+             {\partial^{(p)} x_i} \, d\alpha ,
+
+    approximated with Captum's integration methods (``method``,
+    ``n_steps``) exactly as :class:`captum.attr.IntegratedGradients` does. Like
+    IG it does not vanish at saturated plateaus (the path passes through the
+    unsaturated region); like PatternAttribution it avoids distractor
+    directions that the model cancels. For a single linear layer it is
+    :math:`p_i \cdot \phi^{IG}_{f,i}(x)` (section 4.1). Completeness does not
+    hold in general, so no convergence delta is offered, and, like
+    PatternAttribution, the method is not implementation invariant.
+
+    The backward rules are applied with forward hooks (weights never modified,
+    hooks removed in ``finally``); the model must not end in a softmax.
+
+    Args:
+        model (nn.Module): The model (BatchNorm folded, see
+            :func:`captum_ext.models.fold_batchnorm`).
+        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
+            of ``model`` (:func:`fit_patterns`).
+        multiply_by_inputs (bool): Multiply the integrated pattern gradients by
+            ``inputs - baselines`` (eq. 4). With False, the path average of the
+            pattern gradients is returned (cf. Captum's ``multiply_by_inputs``).
+
+    Examples::
+
+        >>> patterns = fit_patterns(model, train_loader)
+        >>> pgig = PatternGuidedIG(model, patterns)
+        >>> attr = pgig.attribute(images, target=labels, n_steps=25)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patterns: PatternSet,
+        multiply_by_inputs: bool = True,
+    ) -> None:
+        _PatternAttributionBase.__init__(self, model, patterns)
+        self._multiply_by_inputs = bool(multiply_by_inputs)
+
+    def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
+        return weight * pattern
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        baselines: BaselineType = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""Compute PGIG attributions.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Input for which attributions
+                are computed. Dimension 0 of every tensor indexes examples; a
+                tuple is passed to the model as separate arguments.
+            baselines (scalar, Tensor, tuple, optional): Starting points of the
+                path, as in :class:`captum.attr.IntegratedGradients`: a scalar
+                or a tensor per input, shaped like the input or like one
+                example (broadcast). Default: None (zeros).
+            target (int, tuple, Tensor, or list, optional): Output indices to
+                explain, with Captum's ``TargetType`` semantics. Default: None
+                (the model returns a scalar per example).
+            additional_forward_args (Any, optional): Extra arguments passed to
+                the model after the inputs (tensors are repeated for each
+                step). Default: None.
+            n_steps (int): Number of integration steps. Default: 50.
+            method (str): Captum integration method: ``"riemann_right"``,
+                ``"riemann_left"``, ``"riemann_middle"``,
+                ``"riemann_trapezoid"`` or ``"gausslegendre"``.
+            internal_batch_size (int, optional): Examples x steps per forward
+                pass; the steps are split into chunks, with the same result.
+                Default: None (all steps in one pass).
+
+        Returns:
+            Tensor or tuple[Tensor, ...]: the attributions, with the structure
+            and shapes of ``inputs``.
+
+        Examples::
+
+            >>> pgig = PatternGuidedIG(model, patterns)
+            >>> attr = pgig.attribute(images, target=labels, n_steps=25,
+            ...                       internal_batch_size=256)
+        """
+        is_inputs_tuple, inputs_tuple = format_inputs(inputs)
+        num_examples = inputs_tuple[0].shape[0]
+        validate_target(target, num_examples)
+        formatted_inputs, formatted_baselines = _format_input_baseline(
+            inputs_tuple, baselines
+        )
+        _validate_input(formatted_inputs, formatted_baselines, n_steps, method)
+        check_positive_int(n_steps, "n_steps")
+        check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
+        layers, weights = self._backward_layers()
+        with pattern_backward(self._model, layers, weights):
+            if internal_batch_size is not None:
+                attributions = _batch_attribution(
+                    self,
+                    num_examples,
+                    internal_batch_size,
+                    n_steps,
+                    inputs=formatted_inputs,
+                    baselines=formatted_baselines,
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    method=method,
+                )
+            else:
+                attributions = self._attribute(
+                    inputs=formatted_inputs,
+                    baselines=formatted_baselines,
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    n_steps=n_steps,
+                    method=method,
+                )
+        return cast(
+            TensorOrTupleOfTensorsGeneric,
+            _format_output(is_inputs_tuple, tuple(a.detach() for a in attributions)),
+        )
+
+    def _attribute(
+        self,
+        inputs: tuple[Tensor, ...],
+        baselines: tuple[Tensor | int | float, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        step_sizes_and_alphas: tuple[list[float], list[float]] | None = None,
+    ) -> tuple[Tensor, ...]:
+        """PGIG over ``n_steps`` path points (the pattern hooks must be active)."""
+        if step_sizes_and_alphas is None:
+            step_sizes_func, alphas_func = approximation_parameters(method)
+            step_sizes, alphas = step_sizes_func(n_steps), alphas_func(n_steps)
+        else:
+            step_sizes, alphas = step_sizes_and_alphas
+        n_points = len(alphas)
+        num_examples = inputs[0].shape[0]
+        scaled = []
+        for x, b in zip(inputs, baselines):
+            x = x.detach()
+            b = b.detach() if isinstance(b, Tensor) else b
+            a = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+            a = a.view(n_points, *([1] * x.dim()))
+            path = (b + a * (x - b)).reshape(n_points * num_examples, *x.shape[1:])
+            scaled.append(path.detach().requires_grad_(True))
+        leaves = tuple(scaled)
+        afa = _format_additional_forward_args(additional_forward_args)
+        expanded_afa = (
+            _expand_additional_forward_args(afa, n_points) if afa is not None else None
+        )
+        expanded_target = _expand_target(target, n_points)
+        with torch.enable_grad():
+            selected = self._forward_select(leaves, expanded_target, expanded_afa)
+            grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
+        out = []
+        for x, b, g in zip(inputs, baselines, grads):
+            if g is None:
+                out.append(torch.zeros_like(x))
+                continue
+            w = torch.tensor(step_sizes, dtype=g.dtype, device=g.device)
+            g = g.detach().reshape(n_points, num_examples, *x.shape[1:])
+            total = (g * w.view(n_points, *([1] * x.dim()))).sum(0)
+            if self._multiply_by_inputs:
+                total = total * (
+                    x.detach() - (b.detach() if isinstance(b, Tensor) else b)
+                )
+            out.append(total)
+        return tuple(out)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Whether the result is multiplied by ``inputs - baselines``."""
+        return self._multiply_by_inputs
