@@ -6,6 +6,7 @@ conventions, so it can be used wherever a Captum method is used, including
 inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_max`.
 """
 
+from captum_ext.attr._core.distributional_ig import DistributionalIG
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
 
-__all__ = ["GradientSignInput"]
+__all__ = ["DistributionalIG", "GradientSignInput"]

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from captum.attr import Attribution, InputXGradient
+import torch
+from captum.attr import Attribution, GradientShap, InputXGradient
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
-from tests.contract.fixtures import FIXTURE_NAMES
+from captum_ext.attr import DistributionalIG, GradientSignInput
+from tests.contract.fixtures import FIXTURE_NAMES, make_fixture
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,36 @@ class ContractCase:
         return dict(self.kwargs(ctx)) if self.kwargs is not None else {}
 
 
+def _as_tuple(x: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _distributional_ig_kwargs(ctx: Ctx) -> dict[str, Any]:
+    """K references, K = the fixture's batch size (NoiseTunnel accepts K = 1 or
+    the batch size); the same references for per-example calls. Captum's
+    GradientShap configs bring their own baselines and n_samples."""
+    if ctx.fixture is None:
+        return {}
+    k = make_fixture(ctx.fixture).batch_size
+    gen = torch.Generator().manual_seed(1)
+    refs = tuple(
+        torch.randn((k, *tuple(x.shape[1:])), generator=gen)
+        for x in _as_tuple(ctx.inputs)
+    )
+    return {
+        "baselines": refs if isinstance(ctx.inputs, tuple) else refs[0],
+        "n_steps": 8,
+    }
+
+
 # One line per attribution class.
 CASES: list[ContractCase] = [
     ContractCase(GradientSignInput, captum_analogs=(InputXGradient,)),
+    ContractCase(
+        DistributionalIG,
+        kwargs=_distributional_ig_kwargs,
+        captum_analogs=(GradientShap,),
+        drop_args=("stdevs",),
+        has_internal_batch_size=True,
+    ),
 ]
