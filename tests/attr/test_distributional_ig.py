@@ -17,6 +17,7 @@ from captum.testing.helpers.basic_models import BasicModel_MultiLayer_MultiInput
 from torch import Tensor, nn
 
 from captum_ext.attr import DistributionalIG
+from tests.attr.captum_quadrature import captum_scale
 from tests.helpers import assert_model_unchanged, snapshot
 
 METHODS = [
@@ -92,7 +93,32 @@ def test_one_reference_equals_captum_ig(relu_cnn: nn.Module, method: str) -> Non
     theirs = IntegratedGradients(relu_cnn).attribute(
         x, baselines=ref, target=target, n_steps=20, method=method
     )
+    # identical for every method but riemann_trapezoid, where Captum's weights
+    # sum to (n - 1) / n (see captum_quadrature.py)
+    theirs = theirs * captum_scale(method, 20)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_trapezoid_weights_integrate_constants_exactly() -> None:
+    """On a linear model IG is exact for any rule whose weights sum to one:
+    ours does, Captum's riemann_trapezoid misses by the factor (n - 1) / n."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2)
+    x, refs = torch.randn(3, 4), torch.randn(5, 4)
+    exact = lin.weight.detach()[1] * (x - refs.mean(0))
+    ours = DistributionalIG(lin).attribute(
+        x, refs, target=1, n_steps=10, method="riemann_trapezoid"
+    )
+    torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-6)
+    theirs = _captum_mean_ig(
+        lin,
+        x,
+        [r[None] for r in refs],
+        target=1,
+        n_steps=10,
+        method="riemann_trapezoid",
+    )
+    torch.testing.assert_close(theirs, 0.9 * exact, rtol=1e-5, atol=1e-6)
 
 
 def test_scalar_baseline_is_one_constant_reference(relu_cnn: nn.Module) -> None:
@@ -124,6 +150,7 @@ def test_k_references_equal_mean_of_captum_ig(
         method=method,
         mult=mult,
     )
+    theirs = theirs * captum_scale(method, 24)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -173,10 +200,14 @@ def test_tuple_baselines_mix_tensor_and_number() -> None:
 def test_completeness_with_200_trapezoid_steps(smooth_net: nn.Module) -> None:
     """Distributional completeness: sum EG = F(x) - E_D F(X') (within 2e-3)."""
     torch.manual_seed(5)
+
+    def model(z: Tensor) -> Tensor:
+        return 5.0 * smooth_net(z)
+
     x = torch.randn(6, 6)
     refs = torch.randn(10, 6)
     target = [0, 1, 2, 0, 1, 2]
-    attr, delta = DistributionalIG(smooth_net).attribute(
+    attr, delta = DistributionalIG(model).attribute(
         x,
         refs,
         target=target,
@@ -185,8 +216,10 @@ def test_completeness_with_200_trapezoid_steps(smooth_net: nn.Module) -> None:
         return_convergence_delta=True,
     )
     with torch.no_grad():
-        f_x = smooth_net(x)[torch.arange(6), target]
-        f_refs = smooth_net(refs)[:, target].mean(0)  # (6,): E_D F_target(X')
+        f_x = model(x)[torch.arange(6), target]
+        f_refs = model(refs)[:, target].mean(0)  # (6,): E_D F_target(X')
+    # large enough that weights summing to 199/200 (Captum's trapezoid) fail
+    assert (f_x - f_refs).abs().max() > 0.5
     gap = attr.sum(1) - (f_x - f_refs)
     assert gap.abs().max() < 2e-3
     assert delta.shape == (6,)
@@ -486,3 +519,15 @@ def test_tuple_baselines_must_share_k() -> None:
             additional_forward_args=(torch.randn(2, 3), 1),
         )
     assert model.calls == 0
+
+
+def test_show_progress(
+    smooth_net: nn.Module, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, refs = torch.randn(2, 6), torch.randn(3, 6)
+    plain = DistributionalIG(smooth_net).attribute(x, refs, target=0, n_steps=8)
+    shown = DistributionalIG(smooth_net).attribute(
+        x, refs, target=0, n_steps=8, internal_batch_size=10, show_progress=True
+    )
+    torch.testing.assert_close(shown, plain)
+    assert "DistributionalIG" in capsys.readouterr().err

@@ -261,7 +261,10 @@ class DistributionalIG(GradientAttribution):
             n_steps (int, optional): Quadrature steps per path. Default: 50.
             method (str, optional): Captum's approximation method:
                 ``riemann_right``, ``riemann_left``, ``riemann_middle``,
-                ``riemann_trapezoid`` or ``gausslegendre``.
+                ``riemann_trapezoid`` or ``gausslegendre``, with Captum's points
+                and weights, except that ``riemann_trapezoid`` uses the
+                trapezoid rule's weights (Captum 0.9's sum to ``(n - 1) / n``,
+                which scales its results by that factor).
                 Default: ``gausslegendre``.
             internal_batch_size (int, optional): Most (example, reference,
                 step) points per forward / backward pass; the result does not

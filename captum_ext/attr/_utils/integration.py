@@ -17,20 +17,41 @@ from captum_ext._utils.validation import check_positive_int
 
 
 def check_quadrature(method: Any, n_steps: Any) -> None:
-    """Check ``method`` (asserted, as Captum does) and ``n_steps`` before any work."""
+    """Check ``method`` and ``n_steps`` before any work.
+
+    Asserted where Captum asserts: an unknown method, a Riemann rule with one
+    step.
+    """
     check_positive_int(n_steps, "n_steps")
     assert isinstance(method, str) and method in SUPPORTED_METHODS, (
         f"Approximation method must be one of {SUPPORTED_METHODS}. Given {method!r}"
+    )
+    assert method == "gausslegendre" or n_steps > 1, (
+        f"The number of steps has to be larger than one for {method}."
     )
 
 
 def quadrature(
     method: str, n_steps: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """Captum's step sizes (weights) and alphas (points in [0, 1]) for ``method``."""
+    """Weights and points in [0, 1] of Captum's approximation ``method``.
+
+    The points (``alphas``) are Captum's. The weights are Captum's too, except
+    for ``riemann_trapezoid``: Captum 0.9 pairs the points
+    ``linspace(0, 1, n)`` (spacing ``1 / (n - 1)``) with weights ``1 / n``
+    (halved at the ends), which sum to ``(n - 1) / n``, so its integrals, even
+    of constants, come out scaled by ``(n - 1) / n``. Here the weights are the
+    trapezoid rule's on those points, ``1 / (n - 1)`` halved at the ends:
+    results are Captum's times ``n / (n - 1)``, and completeness holds to
+    second order.
+    """
     step_sizes_func, alphas_func = approximation_parameters(method)
-    step_sizes = torch.tensor(step_sizes_func(n_steps), dtype=dtype, device=device)
     alphas = torch.tensor(alphas_func(n_steps), dtype=dtype, device=device)
+    if method == "riemann_trapezoid":
+        step_sizes = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=dtype)
+        step_sizes[0] = step_sizes[-1] = 0.5 / (n_steps - 1)
+        return step_sizes.to(device), alphas
+    step_sizes = torch.tensor(step_sizes_func(n_steps), dtype=dtype, device=device)
     return step_sizes, alphas
 
 
