@@ -8,5 +8,14 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 
 from captum_ext.attr._core.distributional_ig import DistributionalIG
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.layer.patch_conductance import PatchConductance
+from captum_ext.attr._utils.pruning import neuron_ranking, prune_neurons, pruning_mask
 
-__all__ = ["DistributionalIG", "GradientSignInput"]
+__all__ = [
+    "DistributionalIG",
+    "GradientSignInput",
+    "PatchConductance",
+    "neuron_ranking",
+    "prune_neurons",
+    "pruning_mask",
+]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum.attr import Attribution, GradientShap, InputXGradient
+from captum.attr import Attribution, GradientShap, InputXGradient, LayerConductance
 from torch import Tensor, nn
 
-from captum_ext.attr import DistributionalIG, GradientSignInput
+from captum_ext.attr import DistributionalIG, GradientSignInput, PatchConductance
 from tests.contract.fixtures import FIXTURE_NAMES, make_fixture
 
 
@@ -91,6 +91,22 @@ def _distributional_ig_kwargs(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def _patch_conductance_kwargs(ctx: Ctx) -> dict[str, Any]:
+    """A patch of the first half of each input's features, broadcast over the
+    batch (so NoiseTunnel and per-example calls see the same patch)."""
+    masks = []
+    for x in _as_tuple(ctx.inputs):
+        mask = torch.zeros(x.shape[1:], dtype=torch.bool).flatten()
+        mask[: max(1, mask.numel() // 2)] = True
+        masks.append(mask.reshape((1, *tuple(x.shape[1:]))))
+    kwargs: dict[str, Any] = {
+        "patch_mask": tuple(masks) if isinstance(ctx.inputs, tuple) else masks[0]
+    }
+    if ctx.fixture is not None:
+        kwargs["n_steps"] = 8
+    return kwargs
+
+
 # One line per attribution class.
 CASES: list[ContractCase] = [
     ContractCase(GradientSignInput, captum_analogs=(InputXGradient,)),
@@ -100,5 +116,13 @@ CASES: list[ContractCase] = [
         captum_analogs=(GradientShap,),
         drop_args=("stdevs",),
         has_internal_batch_size=True,
+    ),
+    ContractCase(
+        PatchConductance,
+        kwargs=_patch_conductance_kwargs,
+        captum_analogs=(LayerConductance,),
+        is_layer=True,
+        has_internal_batch_size=True,
+        backward=False,  # its backward pass stops at the layer, after the tripwire
     ),
 ]
