@@ -22,7 +22,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import DistributionalIG, GradientSignInput
 from captum_ext.data import DataSplit, accuracy, load_digits, train_model
 from captum_ext.models import digits_cnn
 
@@ -62,7 +62,24 @@ def _demo_methods() -> list[DemoMethod]:
             "Captum",
             lambda m, d: _wrap(IntegratedGradients(m), n_steps=32),
         ),
+        DemoMethod(
+            "Distributional IG",
+            "captum-ext",
+            lambda m, d: _wrap(
+                DistributionalIG(m),
+                baselines=_training_references(d, 8),
+                n_steps=16,
+                internal_batch_size=4096,
+            ),
+        ),
     ]
+
+
+def _training_references(data: DataSplit, k: int) -> Tensor:
+    """``k`` training images drawn with a fixed seed: the baseline distribution."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(data.x_train.shape[0], generator=generator)[:k]
+    return data.x_train[index]
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
