@@ -42,10 +42,12 @@ def _expanded_unit(
     return lambda: forward_backward(model, xx, tt)
 
 
-def _conductance_row(device: torch.device, quick: bool) -> BenchRow:
+def _conductance_row(
+    device: torch.device, quick: bool, index: int, shape: str
+) -> BenchRow:
     batch, n_steps = (4, 16) if quick else (16, 32)
     model, x, target = image_batch(batch, device)
-    layer = model[8]  # ReLU after the 4th conv: 64 x 16 x 16 neurons
+    layer = model[index]
     everything = torch.ones(1, 1, 32, 32, dtype=torch.bool, device=device)
     pc, lc = PatchConductance(model, layer), LayerConductance(model, layer)
     method = "riemann_trapezoid"
@@ -64,7 +66,7 @@ def _conductance_row(device: torch.device, quick: bool) -> BenchRow:
         assert rel < 0.1, f"relative L2 difference {rel:.3f}"
 
     return BenchRow(
-        name=f"PatchConductance (jvp, {n_steps} steps)",
+        name=f"PatchConductance (jvp, {n_steps} steps, layer {index})",
         counterpart="LayerConductance",
         kind="Captum",
         ours=ours,
@@ -73,7 +75,7 @@ def _conductance_row(device: torch.device, quick: bool) -> BenchRow:
         passes=1,
         unit=_expanded_unit(model, x, target, n_steps),
         check=check,
-        note=f"VGG-style CNN, batch {batch} x 3x32x32, layer 64x16x16; lower "
+        note=f"VGG-style CNN, batch {batch} x 3x32x32, layer {shape}; lower "
         "bound: one forward+backward over all path points",
     )
 
@@ -194,7 +196,10 @@ def _distributional_rows(device: torch.device, quick: bool) -> list[BenchRow]:
 
 def rows(device: torch.device, quick: bool) -> list[BenchRow]:
     return [
-        _conductance_row(device, quick),
+        # a layer in the middle (ReLU after conv 2) and a deep one (after conv 4):
+        # forward-mode AD runs through everything before the layer
+        _conductance_row(device, quick, 3, "32x32x32"),
+        _conductance_row(device, quick, 8, "64x16x16"),
         *_naive_rows(device, quick),
         *_distributional_rows(device, quick),
     ]
