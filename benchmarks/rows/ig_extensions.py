@@ -63,7 +63,7 @@ def _conductance_row(
         # directional derivatives at the trapezoid points vs Captum's finite
         # differences of the layer between consecutive points
         rel = (a - b.detach()).norm() / b.norm()
-        assert rel < 0.1, f"relative L2 difference {rel:.3f}"
+        assert rel < 0.15, f"relative L2 difference {rel:.3f}"
 
     return BenchRow(
         name=f"PatchConductance (jvp, {n_steps} steps, layer {index})",
