@@ -24,6 +24,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
 from captum_ext.attr import (
+    DistributionalIG,
     GradientSignInput,
     PatternAttribution,
     PatternGuidedIG,
@@ -98,7 +99,24 @@ def _demo_methods() -> list[DemoMethod]:
             "captum-ext",
             lambda m, d: _wrap(PatternGuidedIG(m, _digits_patterns(m, d)), n_steps=32),
         ),
+        DemoMethod(
+            "Distributional IG",
+            "captum-ext",
+            lambda m, d: _wrap(
+                DistributionalIG(m),
+                baselines=_training_references(d, 8),
+                n_steps=16,
+                internal_batch_size=4096,
+            ),
+        ),
     ]
+
+
+def _training_references(data: DataSplit, k: int) -> Tensor:
+    """``k`` training images drawn with a fixed seed: the baseline distribution."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(data.x_train.shape[0], generator=generator)[:k]
+    return data.x_train[index]
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:

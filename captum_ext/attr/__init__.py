@@ -6,7 +6,9 @@ conventions, so it can be used wherever a Captum method is used, including
 inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_max`.
 """
 
+from captum_ext.attr._core.distributional_ig import DistributionalIG
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.layer.patch_conductance import PatchConductance
 from captum_ext.attr._core.pattern import (
     PatternAttribution,
     PatternGuidedIG,
@@ -15,13 +17,19 @@ from captum_ext.attr._core.pattern import (
     fit_patterns,
 )
 from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
+from captum_ext.attr._utils.pruning import neuron_ranking, prune_neurons, pruning_mask
 
 __all__ = [
+    "DistributionalIG",
     "GradientSignInput",
+    "PatchConductance",
     "PatternAttribution",
     "PatternGuidedIG",
     "PatternNet",
     "PatternSet",
     "RecursiveMaskAttribution",
     "fit_patterns",
+    "neuron_ranking",
+    "prune_neurons",
+    "pruning_mask",
 ]

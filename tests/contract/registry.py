@@ -16,17 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from captum.attr import Attribution, InputXGradient, IntegratedGradients, Saliency
+import torch
+from captum.attr import (
+    Attribution,
+    GradientShap,
+    InputXGradient,
+    IntegratedGradients,
+    LayerConductance,
+    Saliency,
+)
 from torch import Tensor, nn
 
 from captum_ext.attr import (
+    DistributionalIG,
     GradientSignInput,
+    PatchConductance,
     PatternAttribution,
     PatternGuidedIG,
     PatternNet,
     RecursiveMaskAttribution,
 )
-from tests.contract.fixtures import FIXTURE_NAMES
+from tests.contract.fixtures import FIXTURE_NAMES, make_fixture
 from tests.contract.pattern_factories import (
     make_pattern_attribution,
     make_pattern_net,
@@ -80,6 +90,44 @@ class ContractCase:
         return dict(self.kwargs(ctx)) if self.kwargs is not None else {}
 
 
+def _as_tuple(x: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _distributional_ig_kwargs(ctx: Ctx) -> dict[str, Any]:
+    """K references, K = the fixture's batch size (NoiseTunnel accepts K = 1 or
+    the batch size); the same references for per-example calls. Captum's
+    GradientShap configs bring their own baselines and n_samples."""
+    if ctx.fixture is None:
+        return {}
+    k = make_fixture(ctx.fixture).batch_size
+    gen = torch.Generator().manual_seed(1)
+    refs = tuple(
+        torch.randn((k, *tuple(x.shape[1:])), generator=gen)
+        for x in _as_tuple(ctx.inputs)
+    )
+    return {
+        "baselines": refs if isinstance(ctx.inputs, tuple) else refs[0],
+        "n_steps": 8,
+    }
+
+
+def _patch_conductance_kwargs(ctx: Ctx) -> dict[str, Any]:
+    """A patch of the first half of each input's features, broadcast over the
+    batch (so NoiseTunnel and per-example calls see the same patch)."""
+    masks = []
+    for x in _as_tuple(ctx.inputs):
+        mask = torch.zeros(x.shape[1:], dtype=torch.bool).flatten()
+        mask[: max(1, mask.numel() // 2)] = True
+        masks.append(mask.reshape((1, *tuple(x.shape[1:]))))
+    kwargs: dict[str, Any] = {
+        "patch_mask": tuple(masks) if isinstance(ctx.inputs, tuple) else masks[0]
+    }
+    if ctx.fixture is not None:
+        kwargs["n_steps"] = 8
+    return kwargs
+
+
 # One line per attribution class.
 CASES: list[ContractCase] = [
     ContractCase(GradientSignInput, captum_analogs=(InputXGradient,)),
@@ -106,5 +154,20 @@ CASES: list[ContractCase] = [
         kwargs=pgig_kwargs,
         captum_analogs=(IntegratedGradients,),
         has_internal_batch_size=True,
+    ),
+    ContractCase(
+        DistributionalIG,
+        kwargs=_distributional_ig_kwargs,
+        captum_analogs=(GradientShap,),
+        drop_args=("stdevs",),
+        has_internal_batch_size=True,
+    ),
+    ContractCase(
+        PatchConductance,
+        kwargs=_patch_conductance_kwargs,
+        captum_analogs=(LayerConductance,),
+        is_layer=True,
+        has_internal_batch_size=True,
+        backward=False,  # its backward pass stops at the layer, after the tripwire
     ),
 ]

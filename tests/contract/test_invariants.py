@@ -71,6 +71,28 @@ def _assert_close(case: ContractCase, a: Any, b: Any) -> None:
         torch.testing.assert_close(x, y, rtol=case.rtol, atol=case.atol)
 
 
+def _layer_is_multi(case: ContractCase, fx: ModelFixture) -> bool:
+    """Whether the attributed layer's output (or input) holds several tensors."""
+    to_input = case.attr_kwargs(_ctx(case, fx)).get("attribute_to_layer_input", False)
+    seen: list[Any] = []
+
+    def hook(module: Any, args: Any, output: Any = None) -> None:
+        seen.append(args if to_input else output)
+
+    handle = (
+        fx.layer.register_forward_pre_hook(hook)
+        if to_input
+        else fx.layer.register_forward_hook(hook)
+    )
+    try:
+        with torch.no_grad():
+            afa = fx.additional_forward_args or ()
+            fx.model(*_as_tuple(fx.inputs), *afa)
+    finally:
+        handle.remove()
+    return isinstance(seen[0], (tuple, list)) and len(seen[0]) > 1
+
+
 @pytest.mark.parametrize("case,fixture_name", list(_params()))
 def test_structure_and_model_unchanged(case: ContractCase, fixture_name: str) -> None:
     fx, _, method = _setup(case, fixture_name)
@@ -82,8 +104,12 @@ def test_structure_and_model_unchanged(case: ContractCase, fixture_name: str) ->
     # the user's inputs are untouched
     for x, before, flag in zip(_as_tuple(fx.inputs), inputs_before, flags_before):
         assert torch.equal(x, before) and x.requires_grad == flag
-    # output structure mirrors the input structure
-    assert isinstance(out, tuple) == isinstance(fx.inputs, tuple)
+    # output structure mirrors the input structure (layer methods: the layer's
+    # structure, as in Captum: a tuple only for a layer with several tensors)
+    if case.is_layer:
+        assert isinstance(out, tuple) == _layer_is_multi(case, fx)
+    else:
+        assert isinstance(out, tuple) == isinstance(fx.inputs, tuple)
     if not case.is_layer:
         for a, x in zip(_as_tuple(out), _as_tuple(fx.inputs)):
             assert a.shape == x.shape and a.dtype == x.dtype
@@ -227,10 +253,17 @@ def test_sensitivity_max(case: ContractCase, fixture_name: str) -> None:
     def no_perturbation(inputs: Any, perturb_radius: float = 0.0) -> Any:
         return inputs
 
+    explain = method.attribute
+    if case.is_layer:
+        # sensitivity_max expects attributions shaped like the inputs' tuple;
+        # layer methods (Captum's too) return the layer's structure, so wrap
+        def explain(inputs: Any, **kw: Any) -> Any:
+            return _as_tuple(method.attribute(inputs, **kw))
+
     # with no perturbation the attributions of the expanded batch must equal
     # the originals exactly, so the sensitivity is zero
     sens0 = sensitivity_max(
-        method.attribute,
+        explain,
         fx.inputs,
         perturb_func=no_perturbation,
         n_perturb_samples=3,
@@ -240,7 +273,7 @@ def test_sensitivity_max(case: ContractCase, fixture_name: str) -> None:
     assert sens0.shape == (fx.batch_size,)
     assert sens0.abs().max().item() <= 1e-4
     sens = sensitivity_max(
-        method.attribute, fx.inputs, n_perturb_samples=3, target=fx.target, **kwargs
+        explain, fx.inputs, n_perturb_samples=3, target=fx.target, **kwargs
     )
     assert sens.shape == (fx.batch_size,)
     assert torch.isfinite(sens).all() and (sens >= 0).all()

@@ -1,0 +1,1 @@
+"""Helpers shared by the attribution methods of :mod:`captum_ext.attr`."""
