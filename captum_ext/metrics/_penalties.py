@@ -13,7 +13,6 @@ from captum._utils.common import (
     _format_additional_forward_args,
 )
 from captum._utils.typing import BaselineType, TargetType
-from captum.attr._utils.approximation_methods import approximation_parameters
 from captum.attr._utils.common import _format_input_baseline, _validate_input
 from torch import Tensor
 
@@ -23,6 +22,7 @@ from captum_ext._utils.validation import (
     format_inputs,
     validate_target,
 )
+from captum_ext.attr._utils.integration import quadrature
 
 
 def _flat_features(values: Any, name: str) -> tuple[Tensor, torch.dtype]:
@@ -180,9 +180,13 @@ def modified_l2_penalty(
 def _quadrature(
     method: str, n_steps: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Captum's step sizes and alphas, cached (Gauss-Legendre costs an eigensolve)."""
-    step_sizes_func, alphas_func = approximation_parameters(method)
-    return tuple(step_sizes_func(n_steps)), tuple(alphas_func(n_steps))
+    """Step sizes and alphas of ``method``, cached (Gauss-Legendre costs an eigensolve).
+
+    Captum's points and weights, with the trapezoid rule's true weights for
+    ``riemann_trapezoid`` (see :func:`captum_ext.attr._utils.integration.quadrature`).
+    """
+    step_sizes, alphas = quadrature(method, n_steps, torch.float64, torch.device("cpu"))
+    return tuple(step_sizes.tolist()), tuple(alphas.tolist())
 
 
 def _path_average_gradients(

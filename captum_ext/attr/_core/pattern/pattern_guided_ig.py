@@ -118,7 +118,11 @@ class PatternGuidedIG(_PatternAttributionBase):
             n_steps (int): Number of integration steps. Default: 50.
             method (str): Captum integration method: ``"riemann_right"``,
                 ``"riemann_left"``, ``"riemann_middle"``,
-                ``"riemann_trapezoid"`` or ``"gausslegendre"``.
+                ``"riemann_trapezoid"`` or ``"gausslegendre"``. Captum's
+                points; for ``"riemann_trapezoid"`` the weights are the
+                trapezoid rule's (they sum to 1), whereas Captum 0.9's sum to
+                ``(n_steps - 1) / n_steps``, so results are Captum's times
+                ``n_steps / (n_steps - 1)`` for that method.
             internal_batch_size (int, optional): Examples x steps per forward
                 pass; the steps are split into chunks, with the same result.
                 Default: None (all steps in one pass).
@@ -165,6 +169,11 @@ class PatternGuidedIG(_PatternAttributionBase):
                     n_steps=n_steps,
                     method=method,
                 )
+        if method == "riemann_trapezoid":
+            # Captum's trapezoid weights sum to (n - 1) / n on points spaced
+            # 1 / (n - 1); the trapezoid rule's weights are theirs times
+            # n / (n - 1) (see captum_ext.attr._utils.integration.quadrature).
+            attributions = tuple(a * (n_steps / (n_steps - 1)) for a in attributions)
         return cast(
             TensorOrTupleOfTensorsGeneric,
             _format_output(is_inputs_tuple, tuple(a.detach() for a in attributions)),
