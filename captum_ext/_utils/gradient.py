@@ -12,13 +12,13 @@ from torch import Tensor
 from captum_ext._utils.validation import check_target_in_range
 
 
-def forward_select(
+def run_forward_checked(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
     target: Any,
     additional_forward_args: Any,
 ) -> Tensor:
-    """Run the model and select the target output, checking the target's range."""
+    """Run the model and check its output and the target's range against it."""
     output = _run_forward(forward_func, inputs, None, additional_forward_args)
     if not isinstance(output, Tensor):
         raise TypeError(
@@ -30,6 +30,17 @@ def forward_select(
             "it returned a 0-d tensor."
         )
     check_target_in_range(output, target)
+    return output
+
+
+def forward_select(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    target: Any,
+    additional_forward_args: Any,
+) -> Tensor:
+    """Run the model and select the target output, checking the target's range."""
+    output = run_forward_checked(forward_func, inputs, target, additional_forward_args)
     return _select_targets(output, target)
 
 

@@ -178,3 +178,16 @@ def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def check_broadcasts_to(value: Tensor, x: Tensor, label: str) -> None:
+    """Raise ValueError (naming ``label``) unless ``value`` broadcasts to ``x``."""
+    try:
+        shape = torch.broadcast_shapes(value.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{label} of shape {tuple(value.shape)} does not broadcast to the "
+            f"input's shape {tuple(x.shape)}."
+        )

@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.validation import (
+    check_broadcasts_to,
     check_positive_int,
     check_target_in_range,
     format_inputs,
@@ -348,20 +349,10 @@ def _check_replacement(
             f"Tensor or a callable; got {type(replacement).__name__}."
         )
     for i, (r, x) in enumerate(zip(specs, xs)):
-        _check_broadcast(r, x, f"replacement[{i}]" if is_tuple else "replacement")
-    return specs
-
-
-def _check_broadcast(fill: Tensor, x: Tensor, label: str) -> None:
-    try:
-        shape = torch.broadcast_shapes(fill.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise ValueError(
-            f"`{label}` of shape {tuple(fill.shape)} does not broadcast to the "
-            f"input's shape {tuple(x.shape)}."
+        check_broadcasts_to(
+            r, x, f"`replacement[{i}]`" if is_tuple else "`replacement`"
         )
+    return specs
 
 
 def _make_fill(
@@ -383,7 +374,7 @@ def _make_fill(
         raise TypeError(
             f"`replacement` callable must return a Tensor, got {type(fill).__name__}."
         )
-    _check_broadcast(fill, x, "replacement(inputs)")
+    check_broadcasts_to(fill, x, "`replacement(inputs)`")
     return fill.detach().to(device=x.device, dtype=x.dtype)
 
 

@@ -12,7 +12,11 @@ from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
 from torch import Tensor
 
-from captum_ext._utils.validation import check_positive_int, format_inputs
+from captum_ext._utils.validation import (
+    check_broadcasts_to,
+    check_positive_int,
+    format_inputs,
+)
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
 from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
 from captum_ext.metrics._curves import _slice_forward_args, batched_outputs
@@ -55,15 +59,7 @@ def _format_masks(masks: Any, inputs: tuple[Tensor, ...], is_tuple: bool) -> Any
         label = f"masks[{i}]" if is_tuple else "masks"
         if not isinstance(m, Tensor):
             raise TypeError(f"`{label}` must be a Tensor, got {type(m).__name__}.")
-        try:
-            shape = torch.broadcast_shapes(m.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
-            raise ValueError(
-                f"`{label}` of shape {tuple(m.shape)} does not broadcast to the "
-                f"input's shape {tuple(x.shape)}."
-            )
+        check_broadcasts_to(m, x, f"`{label}`")
     return masks_tuple
 
 

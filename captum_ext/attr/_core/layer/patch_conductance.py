@@ -18,6 +18,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext._utils.validation import (
+    check_broadcasts_to,
     check_positive_int,
     format_inputs,
     validate_target,
@@ -62,15 +63,7 @@ def _patch_indicators(
             )
         if m.is_complex():
             raise TypeError(f"{name} must be real, got {m.dtype}.")
-        try:
-            shape = torch.broadcast_shapes(m.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
-            raise ValueError(
-                f"{name} of shape {tuple(m.shape)} does not broadcast to the "
-                f"input's shape {tuple(x.shape)}."
-            )
+        check_broadcasts_to(m, x, name)
         if m.dtype == torch.bool or m.is_floating_point():
             kinds.add("single")
             if m.is_floating_point() and not ((m == 0) | (m == 1)).all():

@@ -6,11 +6,11 @@ import warnings
 from typing import Any, cast
 
 import torch
-from captum._utils.common import _run_forward, _select_targets
+from captum._utils.common import _select_targets
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
-from captum_ext._utils.validation import check_target_in_range
+from captum_ext._utils.gradient import run_forward_checked
 from captum_ext.attr._core.pattern._layers import check_supported_model
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
 
@@ -99,17 +99,9 @@ class _PatternAttributionBase(GradientAttribution):
         additional_forward_args: Any,
     ) -> Tensor:
         """Run the model (pattern hooks active) and select the target output."""
-        output = _run_forward(self.forward_func, inputs, None, additional_forward_args)
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                f"The model must return a Tensor, got {type(output).__name__}."
-            )
-        if output.dim() == 0:
-            raise ValueError(
-                "The model must return one value (or one row) per example; it "
-                "returned a 0-d tensor."
-            )
-        check_target_in_range(output, target)
+        output = run_forward_checked(
+            self.forward_func, inputs, target, additional_forward_args
+        )
         if not self._softmax_warned and _looks_like_softmax(output):
             self._warn_softmax("the model's outputs look like softmax probabilities")
         selected = _select_targets(output, target)
