@@ -6,4 +6,22 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
+from captum_ext.metrics._complete_sound import (
+    CompletenessSoundness,
+    completeness,
+    saliency_auc,
+    soundness,
+    worst_case_completeness_soundness,
+)
+from captum_ext.metrics._deletion_insertion import deletion_auc, insertion_auc
+
 __all__: list[str] = []
+__all__ += [
+    "CompletenessSoundness",
+    "completeness",
+    "deletion_auc",
+    "insertion_auc",
+    "saliency_auc",
+    "soundness",
+    "worst_case_completeness_soundness",
+]
