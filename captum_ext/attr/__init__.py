@@ -7,5 +7,9 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 """
 
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
+from captum_ext.attr._core.learned_mask import LearnedMask
 
-__all__ = ["GradientSignInput"]
+__all__ = [
+    "GradientSignInput",
+    "LearnedMask",
+]

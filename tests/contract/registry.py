@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from captum.attr import Attribution, InputXGradient
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import GradientSignInput, LearnedMask
 from tests.contract.fixtures import FIXTURE_NAMES
 
 
@@ -71,4 +72,25 @@ class ContractCase:
 # One line per attribution class.
 CASES: list[ContractCase] = [
     ContractCase(GradientSignInput, captum_analogs=(InputXGradient,)),
+    # LearnedMask explains images only (fixture "cnn"); no Captum class learns
+    # masks, so no upstream config applies. n_distractors=None uses the whole
+    # (3-image) pool at every step: deterministic, hence batch-independent and
+    # exact under NoiseTunnel / sensitivity_max. atol 1e-5: Adam's normalised
+    # steps carry the last-bit differences of batched convolutions along.
+    ContractCase(
+        LearnedMask,
+        kwargs=lambda ctx: {
+            "distractors": torch.randn(
+                3,
+                *ctx.inputs.shape[1:],  # type: ignore[union-attr]
+                generator=torch.Generator().manual_seed(1),
+            ),
+            "n_distractors": None,
+            "n_iter": 8,
+            "lr": 0.1,
+        },
+        fixtures=("cnn",),
+        has_internal_batch_size=True,
+        atol=1e-5,
+    ),
 ]
