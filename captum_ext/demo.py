@@ -22,7 +22,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_ext.attr import GradientSignInput
+from captum_ext.attr import GradientSignInput, LearnedMask
 from captum_ext.data import DataSplit, accuracy, load_digits, train_model
 from captum_ext.models import digits_cnn
 
@@ -61,6 +61,20 @@ def _demo_methods() -> list[DemoMethod]:
             "Integrated Gradients",
             "Captum",
             lambda m, d: _wrap(IntegratedGradients(m), n_steps=32),
+        ),
+        DemoMethod(
+            "LearnedMask",
+            "captum-ext",
+            lambda m, d: _wrap(
+                LearnedMask(m),
+                distractors=d.x_train,
+                n_distractors=4,
+                n_iter=60,
+                lr=0.1,
+                l1_coeff=1e-2,
+                tv_coeff=0.01,
+                generator=torch.Generator().manual_seed(0),
+            ),
         ),
     ]
 
