@@ -12,7 +12,7 @@ from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from torch import Tensor
 
 from captum_ext._utils.validation import check_positive_int, format_inputs
-from captum_ext.metrics._curves import batched_outputs
+from captum_ext.metrics._curves import batched_outputs, resolve_fills
 from captum_ext.metrics._deletion_insertion import (
     FillType,
     ordered_curve,
@@ -370,6 +370,9 @@ def worst_case_completeness_soundness(
     _check_unit(alpha, "alpha", low_open=True)
     _check_unit(epsilon2, "epsilon2")
     score_fn = score_function(probability_fn)
+    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
+        raise TypeError(f"`blur_sigma` must be a number, got {blur_sigma!r}.")
+    resolve_fills(fill, inputs_t, 0.0)  # refuse a bad fill before any work
     bsz = inputs_t[0].shape[0]
     afa = _format_additional_forward_args(additional_forward_args)
     with torch.no_grad():

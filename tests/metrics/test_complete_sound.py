@@ -208,3 +208,9 @@ def test_bad_arguments() -> None:
         saliency_auc(model, x, torch.rand(2, 4, 5), target=0)
     with pytest.raises(TypeError, match="explanation_func"):
         worst_case_completeness_soundness(model, x, "lm")  # type: ignore[arg-type]
+
+    def explain(inputs: Tensor, target: Tensor) -> Tensor:
+        raise AssertionError("must not be called with a bad fill")
+
+    with pytest.raises(ValueError, match="fill"):
+        worst_case_completeness_soundness(model, x, explain, fill="grey")
