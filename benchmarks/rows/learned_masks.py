@@ -119,7 +119,7 @@ def _deletion_row(device: torch.device, quick: bool, quantus: Any) -> BenchRow:
             fill="zero",
             n_steps=n_steps,
             return_curves=True,
-            max_examples_per_batch=1024,
+            max_examples_per_batch=512,
         )
         return curves
 
