@@ -68,8 +68,8 @@ def _demo_methods() -> list[DemoMethod]:
             lambda m, d: _wrap(
                 LearnedMask(m),
                 distractors=d.x_train,
-                n_distractors=4,
-                n_iter=60,
+                n_distractors=2,
+                n_iter=50,
                 lr=0.1,
                 l1_coeff=1e-2,
                 tv_coeff=0.01,
