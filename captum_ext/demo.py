@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from captum_ext.attr import (
     DistributionalIG,
     GradientSignInput,
+    LearnedMask,
     PatternAttribution,
     PatternGuidedIG,
     PatternSet,
@@ -107,6 +108,20 @@ def _demo_methods() -> list[DemoMethod]:
                 baselines=_training_references(d, 8),
                 n_steps=16,
                 internal_batch_size=4096,
+            ),
+        ),
+        DemoMethod(
+            "LearnedMask",
+            "captum-ext",
+            lambda m, d: _wrap(
+                LearnedMask(m),
+                distractors=d.x_train,
+                n_distractors=2,
+                n_iter=50,
+                lr=0.1,
+                l1_coeff=1e-2,
+                tv_coeff=0.01,
+                generator=torch.Generator().manual_seed(0),
             ),
         ),
     ]

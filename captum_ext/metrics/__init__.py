@@ -6,6 +6,14 @@ curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
 """
 
+from captum_ext.metrics._complete_sound import (
+    CompletenessSoundness,
+    completeness,
+    saliency_auc,
+    soundness,
+    worst_case_completeness_soundness,
+)
+from captum_ext.metrics._deletion_insertion import deletion_auc, insertion_auc
 from captum_ext.metrics._evaluate import EvaluationResult, evaluate_attributions
 from captum_ext.metrics._image_degradation import aopc, image_degradation
 from captum_ext.metrics._masked_input_accuracy import (
@@ -21,13 +29,20 @@ from captum_ext.metrics._penalties import (
 
 __all__ = [
     "AblationPenalties",
+    "CompletenessSoundness",
     "EvaluationResult",
     "ablation_penalties",
     "aopc",
+    "completeness",
     "contribution_covariance_penalty",
+    "deletion_auc",
     "evaluate_attributions",
     "image_degradation",
+    "insertion_auc",
     "masked_input_accuracy",
     "masked_input_accuracy_curve",
     "modified_l2_penalty",
+    "saliency_auc",
+    "soundness",
+    "worst_case_completeness_soundness",
 ]

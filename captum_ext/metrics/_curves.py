@@ -26,6 +26,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor
 
 from captum_ext._utils.validation import check_target_in_range
+from captum_ext.metrics._fills import gaussian_blur
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -220,3 +221,134 @@ def _chunk_target(target: TargetType, ex: Tensor, bsz: int) -> TargetType:
         idx = ex.tolist()
         return [target[i] for i in idx]
     return _expand_target(target, 1)
+
+
+# --- Pixel-order curves (deletion / insertion / saliency AUC) ------------------
+
+
+def input_region_ranks(
+    attributions: tuple[Tensor, ...],
+    inputs: tuple[Tensor, ...],
+    order: Literal["morf", "lerf", "random"] = "morf",
+    generator: torch.Generator | None = None,
+) -> tuple[tuple[Tensor, ...], int]:
+    """Ranks of regions ranked jointly over all input tensors.
+
+    A region is one pixel (all channels together, scored by the channel sum of
+    the attributions) of a 4-D input ``(bsz, C, H, W)``, and one feature of
+    any other input. ``attributions`` must broadcast to their inputs.
+
+    Returns:
+        ``(ranks, n_regions)``: per input, a rank tensor broadcastable to it
+        (``(bsz, 1, H, W)`` for images, the input's shape otherwise), and the
+        total number of regions.
+    """
+    bsz = inputs[0].shape[0]
+    scores, shapes = [], []
+    for a, x in zip(attributions, inputs):
+        a = a.to(x.device).expand_as(x)
+        if x.dim() == 4:
+            scores.append(a.sum(dim=1).reshape(bsz, -1))
+            shapes.append((bsz, 1, *x.shape[2:]))
+        else:
+            scores.append(a.reshape(bsz, -1))
+            shapes.append(tuple(x.shape))
+    counts = [s.shape[1] for s in scores]
+    ranks = region_ranks(torch.cat(scores, dim=1), order, generator)
+    parts = torch.split(ranks, counts, dim=1)
+    return tuple(p.reshape(shape) for p, shape in zip(parts, shapes)), sum(counts)
+
+
+def resolve_fills(
+    fill: Any, inputs: tuple[Tensor, ...], blur_sigma: float, name: str = "fill"
+) -> tuple[Tensor, ...]:
+    """Replacement values for each input from a fill specification.
+
+    ``fill`` is ``"zero"``, ``"mean"`` (per example and channel over the
+    pixels of an image; per example over the features otherwise), ``"blur"``
+    (a Gaussian blur of the image with ``blur_sigma``), a number, a Tensor
+    broadcastable to the input, or a tuple with one such entry per input.
+    """
+    if isinstance(fill, tuple):
+        if len(fill) != len(inputs):
+            raise ValueError(
+                f"`{name}` has {len(fill)} entries but `inputs` has {len(inputs)}."
+            )
+        specs = fill
+    else:
+        specs = (fill,) * len(inputs)
+    out = []
+    for spec, x in zip(specs, inputs):
+        if isinstance(spec, str):
+            if spec == "zero":
+                out.append(torch.zeros((), dtype=x.dtype, device=x.device))
+            elif spec == "mean":
+                dims = tuple(range(2, x.dim())) if x.dim() == 4 else None
+                if dims is None:
+                    dims = tuple(range(1, x.dim()))
+                out.append(x.mean(dim=dims, keepdim=True))
+            elif spec == "blur":
+                if x.dim() != 4:
+                    raise ValueError(
+                        f"`{name}='blur'` needs images (bsz, C, H, W); got an input "
+                        f"of shape {tuple(x.shape)}."
+                    )
+                out.append(gaussian_blur(x, blur_sigma))
+            else:
+                raise ValueError(
+                    f"`{name}` must be 'zero', 'mean', 'blur', a number or a Tensor; "
+                    f"got {spec!r}."
+                )
+        elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            out.append(torch.full((), float(spec), dtype=x.dtype, device=x.device))
+        elif isinstance(spec, Tensor):
+            try:
+                shape = torch.broadcast_shapes(spec.shape, x.shape)
+            except RuntimeError:
+                shape = None
+            if shape != x.shape:
+                raise ValueError(
+                    f"`{name}` tensor of shape {tuple(spec.shape)} does not broadcast "
+                    f"to the input's shape {tuple(x.shape)}."
+                )
+            out.append(spec.detach().to(x.device, x.dtype))
+        else:
+            raise TypeError(
+                f"`{name}` must be 'zero', 'mean', 'blur', a number, a Tensor or a "
+                f"tuple of these; got {type(spec).__name__}."
+            )
+    return tuple(out)
+
+
+def curve_at_points(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    fills: tuple[Tensor, ...],
+    ranks: tuple[Tensor, ...],
+    n_replaced: Tensor,
+    mode: Literal["delete", "insert"],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    max_examples_per_batch: int | None = None,
+    score_fn: ScoreFn = softmax_scores,
+) -> Tensor:
+    """:func:`perturbation_curve` evaluated once per distinct point.
+
+    ``n_replaced`` may repeat values (e.g. a fraction grid rounded to a small
+    number of regions); each distinct count is evaluated once and the curve
+    is gathered back to ``(bsz, len(n_replaced))``.
+    """
+    unique, inverse = torch.unique(n_replaced, sorted=True, return_inverse=True)
+    curve = perturbation_curve(
+        forward_func,
+        inputs,
+        fills,
+        ranks,
+        unique,
+        mode,
+        target,
+        additional_forward_args,
+        max_examples_per_batch,
+        score_fn,
+    )
+    return curve[:, inverse.to(curve.device)]

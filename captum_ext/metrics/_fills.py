@@ -48,12 +48,14 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
     Args:
         x: Images ``(bsz, C, H, W)`` (floating point).
-        sigma: Standard deviation in pixels (> 0); the kernel has radius
-            ``ceil(3 sigma)``.
+        sigma: Standard deviation in pixels; the kernel has radius
+            ``ceil(3 sigma)``. ``sigma <= 0`` returns a copy of ``x``.
 
     Returns:
         Tensor: the blurred images, same shape and dtype.
     """
+    if sigma <= 0:
+        return x.clone()
     bsz, channels, height, width = x.shape
     k = gaussian_kernel1d(sigma, x.dtype, x.device)
     r = (k.numel() - 1) // 2

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from captum_ext.attr import (
     DistributionalIG,
     GradientSignInput,
+    LearnedMask,
     PatchConductance,
     PatternAttribution,
     PatternGuidedIG,
@@ -169,5 +170,26 @@ CASES: list[ContractCase] = [
         is_layer=True,
         has_internal_batch_size=True,
         backward=False,  # its backward pass stops at the layer, after the tripwire
+    ),
+    # LearnedMask explains images only (fixture "cnn"); no Captum class learns
+    # masks, so no upstream config applies. n_distractors=None uses the whole
+    # (3-image) pool at every step: deterministic, hence batch-independent and
+    # exact under NoiseTunnel / sensitivity_max. atol 1e-5: Adam's normalised
+    # steps carry the last-bit differences of batched convolutions along.
+    ContractCase(
+        LearnedMask,
+        kwargs=lambda ctx: {
+            "distractors": torch.randn(
+                3,
+                *ctx.inputs.shape[1:],  # type: ignore[union-attr]
+                generator=torch.Generator().manual_seed(1),
+            ),
+            "n_distractors": None,
+            "n_iter": 8,
+            "lr": 0.1,
+        },
+        fixtures=("cnn",),
+        has_internal_batch_size=True,
+        atol=1e-5,
     ),
 ]

@@ -123,3 +123,78 @@ def test_batched_outputs_chunking() -> None:
     torch.testing.assert_close(
         batched_outputs(model, (x,), None, 3), batched_outputs(model, (x,), None, None)
     )
+
+
+def test_input_region_ranks_pixels_and_features_jointly() -> None:
+    from captum_ext.metrics._curves import input_region_ranks
+
+    img = torch.tensor([[[[1.0, 5.0], [3.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]])
+    vec = torch.tensor([[4.0, -1.0, 2.5]])
+    inputs = (torch.zeros(1, 2, 2, 2), torch.zeros(1, 3))
+    (r_img, r_vec), n = input_region_ranks((img, vec), inputs)
+    assert n == 4 + 3
+    # pixel scores (channel sums): 2, 5, 3, 0; features 4, -1, 2.5
+    # descending: 5 (px1), 4 (f0), 3 (px2), 2.5 (f2), 2 (px0), 0 (px3), -1 (f1)
+    assert r_img.shape == (1, 1, 2, 2) and r_vec.shape == (1, 3)
+    assert r_img.flatten().tolist() == [4, 0, 2, 5]
+    assert r_vec.flatten().tolist() == [1, 6, 3]
+    # a mask broadcast over channels ranks like its channel-expanded copy
+    mask = torch.rand(2, 1, 3, 3)
+    x = torch.zeros(2, 3, 3, 3)
+    (a,), _ = input_region_ranks((mask,), (x,))
+    (b,), _ = input_region_ranks((mask.expand_as(x).clone(),), (x,))
+    assert torch.equal(a, b)
+
+
+def test_gaussian_blur_matches_scipy_and_fills() -> None:
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from captum_ext.metrics._curves import gaussian_blur, resolve_fills
+
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    for sigma in (0.5, 1.0, 2.5, 6.0):
+        got = gaussian_blur(x, sigma)
+        ref = np.stack(
+            [
+                [
+                    gaussian_filter(c.numpy(), sigma, mode="nearest", truncate=3)
+                    for c in e
+                ]
+                for e in x
+            ]
+        )
+        # scipy's radius is int(3 sigma + 0.5), ours ceil(3 sigma): same here
+        torch.testing.assert_close(got, torch.from_numpy(ref))
+    assert torch.equal(gaussian_blur(x, 0.0), x)
+    zero, mean, blur, num, ten = (
+        resolve_fills(f, (x,), 1.0)[0]
+        for f in ("zero", "mean", "blur", 0.5, torch.ones(3, 1, 1))
+    )
+    assert zero.item() == 0.0 and num.item() == 0.5 and ten.shape == (3, 1, 1)
+    torch.testing.assert_close(mean.expand_as(x)[1, 2], x[1, 2].mean().expand(7, 6))
+    torch.testing.assert_close(blur, gaussian_blur(x, 1.0))
+    flat = torch.randn(4, 5)
+    torch.testing.assert_close(
+        resolve_fills("mean", (flat,), 1.0)[0], flat.mean(1, keepdim=True)
+    )
+    with pytest.raises(ValueError, match="fill"):
+        resolve_fills(("zero",), (x, flat), 1.0)
+
+
+def test_curve_at_points_evaluates_each_count_once() -> None:
+    from captum_ext.metrics._curves import curve_at_points
+
+    calls = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.flatten(1)[:, :3]
+
+    x = torch.randn(2, 1, 3, 3)
+    ranks = region_ranks(torch.randn(2, 9)).view(2, 1, 3, 3)
+    ks = torch.tensor([0, 2, 2, 5, 0, 9])
+    got = curve_at_points(model, (x,), (torch.zeros(1),), (ranks,), ks, "delete", 1)
+    full = perturbation_curve(model, (x,), (torch.zeros(1),), (ranks,), ks, "delete", 1)
+    torch.testing.assert_close(got, full)
+    assert calls[0] == 2 * 4  # four distinct counts

@@ -1,0 +1,588 @@
+"""Learned saliency masks with distractor replacement, TV and L1 penalties."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _run_forward,
+    _select_targets,
+)
+from captum._utils.progress import progress
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor
+
+from captum_ext._utils.validation import (
+    check_positive_int,
+    check_target_in_range,
+    format_inputs,
+    validate_target,
+)
+from captum_ext.metrics._curves import _chunk_target, _index_forward_args
+
+DistractorFn = Callable[[int, torch.Generator | None], Any]
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+class LearnedMask(GradientAttribution):
+    r"""Saliency masks learned against random distractors (complete and sound saliency).
+
+    The mask-learning procedure of Gupta et al., "New Definitions and
+    Evaluations for Saliency Methods: Staying Intrinsic, Complete and Sound"
+    (NeurIPS 2022, appendix A, eq. 6). For each example a mask
+    :math:`M = \sigma(W)` is learned at resolution
+    :math:`\lceil H/s \rceil \times \lceil W/s \rceil`, bilinearly upsampled to
+    :math:`M^{\times s}` (``align_corners=False``), and the part of the image it
+    keeps is pasted onto distractors :math:`\bar x` drawn from a pool of other
+    images:
+
+    .. math::
+
+        L(M) = -\log \mathbb{E}_{\bar x}\left[
+            p_a\!\left(M^{\times s} \odot x + (1 - M^{\times s}) \odot \bar x\right)
+        \right]
+        + \lambda_{TV}\, TV(M^{\times s}) + \lambda_1 \lVert M^{\times s} \rVert_1,
+
+    with :math:`TV(M) = \sum_{i,j} |M_{i+1,j} - M_{i,j}|^q + |M_{i,j+1} - M_{i,j}|^q`
+    (``tv_power`` :math:`q`, 2 by default as in the authors' code) and the
+    expectation estimated with ``n_distractors`` distractors drawn with
+    replacement per example at every step. :math:`W` starts at zero (mask 0.5)
+    and is optimised with Adam (:math:`\beta = (0.9, 0.999)`,
+    :math:`\epsilon = 10^{-8}`, the defaults of :class:`torch.optim.Adam`).
+
+    The loss is the negative log of the *distractor-averaged* probability, as
+    eq. 5-6 of the paper state. The authors' code instead applies a
+    cross-entropy loss to the averaged probabilities (treating them as logits);
+    we follow the paper's equation.
+
+    All examples of a batch are optimised together: every step runs one
+    forward and one backward pass over ``batch x n_distractors`` images (in
+    chunks of ``internal_batch_size``). Each example's loss depends only on its
+    own mask, and Adam's update is element-wise, so an example's mask does not
+    depend on the other examples except through the distractors drawn for it
+    (pass ``n_distractors=None`` to use the whole pool at every step, which
+    makes the result deterministic and batch-independent).
+
+    Gradients are taken with respect to the mask parameters only
+    (:func:`torch.autograd.grad`): the model's parameters keep their
+    ``requires_grad`` flags and receive no ``.grad``, and the model's
+    ``training`` mode is left as the caller set it.
+
+    Args:
+        forward_func (Callable): The forward function of the model or any
+            modification of it. It must return logits (turned into
+            probabilities with a softmax over dimension 1) unless
+            ``probability_fn`` is given to ``attribute``.
+
+    Examples::
+
+        >>> net = ImageClassifier()
+        >>> images = torch.randn(4, 3, 32, 32)
+        >>> pool = torch.randn(100, 3, 32, 32)  # e.g. training images
+        >>> lm = LearnedMask(net)
+        >>> masks = lm.attribute(images, target=3, distractors=pool, n_iter=300)
+        >>> masks.shape  # values in [0, 1], one value per pixel
+        torch.Size([4, 3, 32, 32])
+    """
+
+    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+        GradientAttribution.__init__(self, forward_func)
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType,
+        distractors: Tensor | tuple[Tensor, ...] | DistractorFn,
+        additional_forward_args: Any = None,
+        n_distractors: int | None = 10,
+        n_iter: int = 2000,
+        lr: float = 0.05,
+        l1_coeff: float = 2e-5,
+        tv_coeff: float = 0.01,
+        tv_power: int = 2,
+        upsample: int = 1,
+        show_progress: bool = False,
+        generator: torch.Generator | None = None,
+        probability_fn: Callable[[Tensor], Tensor] | None = None,
+        early_stop_patience: int | None = None,
+        early_stop_tol: float = 1e-4,
+        internal_batch_size: int | None = None,
+        return_loss_history: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
+        r"""Learn one mask per example and return it broadcast to the inputs.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Images ``(N, C, H, W)`` to
+                explain (a tuple of such tensors gets one mask per tensor,
+                learned jointly). Dimension 0 indexes examples.
+            target (int, tuple, Tensor, or list): The class whose probability
+                the mask must keep high, with Captum's ``TargetType``
+                semantics (one index for all examples, or one per example).
+                None is allowed only when the (probability) output has one
+                value per example.
+            distractors (Tensor, tuple[Tensor, ...] or Callable): The pool the
+                masked-out pixels are taken from: a tensor ``(K, C, H, W)`` of
+                K images shaped like one example (a tuple of such tensors, with
+                a common K, for tuple inputs), or a callable
+                ``(n, generator) -> Tensor`` returning ``n`` distractor images
+                (or a tuple) at each step. Use a pool of one constant image for
+                a grey fill.
+            additional_forward_args (Any, optional): Extra arguments passed to
+                ``forward_func`` after the inputs; per-example tensors are
+                repeated for each distractor. Default: None.
+            n_distractors (int or None, optional): Distractors per example and
+                step, drawn with replacement from the pool (or produced by the
+                callable). None: use every image of the pool at every step
+                (the exact expectation over the pool; deterministic).
+                Default: 10.
+            n_iter (int, optional): Adam steps. Default: 2000 (the paper's).
+            lr (float, optional): Adam learning rate. Default: 0.05.
+            l1_coeff (float, optional): :math:`\lambda_1`, weight of the sum of
+                the upsampled mask's values. Default: 2e-5.
+            tv_coeff (float, optional): :math:`\lambda_{TV}`, weight of the
+                total variation of the upsampled mask. Default: 0.01.
+            tv_power (int, optional): 1 (absolute) or 2 (squared neighbour
+                differences, the authors' choice). Default: 2.
+            upsample (int, optional): Scale factor :math:`s`: the mask is
+                learned at ``(ceil(H/s), ceil(W/s))`` and upsampled
+                bilinearly. Default: 1.
+            show_progress (bool, optional): Show a progress bar with the mean
+                loss. Default: False.
+            generator (torch.Generator, optional): Source of the distractor
+                draws (and passed to a callable pool); the same generator state
+                gives the same masks. Default: None (the global RNG).
+            probability_fn (Callable, optional): Maps the model's outputs to
+                probabilities before the target is selected. Default: None
+                (softmax over dimension 1, computed as ``log_softmax`` for
+                numerical stability).
+            early_stop_patience (int, optional): Stop optimising an example
+                once its loss has not improved by more than a relative
+                ``early_stop_tol`` for this many steps (each example stops on
+                its own; stopped examples leave the forward passes). Default:
+                None (run all ``n_iter`` steps).
+            early_stop_tol (float, optional): Relative improvement that resets
+                the patience counter. Default: 1e-4.
+            internal_batch_size (int, optional): Most images (examples times
+                distractors) per forward pass; an example's distractors are
+                never split across passes, so a pass holds at least one
+                example. Results are equal to the unchunked call. Default:
+                None (all at once).
+            return_loss_history (bool, optional): Also return the per-example
+                loss at every step. Default: False.
+
+        Returns:
+            Tensor or tuple[Tensor, ...], or (masks, loss_history):
+            The learned masks :math:`M^{\times s}` in [0, 1], broadcast over
+            channels to the structure and shapes of ``inputs``. With
+            ``return_loss_history=True`` also a tensor ``(n_iter, N)`` of each
+            example's loss (objective value) at every step, NaN after the
+            example stopped early.
+
+        Examples::
+
+            >>> lm = LearnedMask(net)
+            >>> masks, history = lm.attribute(
+            ...     images, target=labels, distractors=train_images,
+            ...     n_iter=500, tv_coeff=0.01, upsample=4,
+            ...     generator=torch.Generator().manual_seed(0),
+            ...     return_loss_history=True,
+            ... )
+            >>> kept = masks >= masks.flatten(1).quantile(0.7, dim=1).view(-1, 1, 1, 1)
+        """
+        is_inputs_tuple, inputs_tuple = format_inputs(inputs)
+        bsz = inputs_tuple[0].shape[0]
+        validate_target(target, bsz)
+        for i, x in enumerate(inputs_tuple):
+            if x.dim() != 4:
+                label = f"inputs[{i}]" if is_inputs_tuple else "inputs"
+                raise ValueError(
+                    f"`{label}` must be images (N, C, H, W); got shape "
+                    f"{tuple(x.shape)}."
+                )
+        pool = _check_distractors(distractors, inputs_tuple, is_inputs_tuple)
+        if n_distractors is None:
+            if pool is None:
+                raise ValueError(
+                    "`n_distractors=None` (use the whole pool) needs `distractors` "
+                    "to be a tensor pool, not a callable."
+                )
+        else:
+            check_positive_int(n_distractors, "n_distractors")
+        check_positive_int(n_iter, "n_iter")
+        check_positive_int(upsample, "upsample")
+        check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
+        check_positive_int(early_stop_patience, "early_stop_patience", allow_none=True)
+        _check_nonneg_float(lr, "lr", strictly=True)
+        _check_nonneg_float(l1_coeff, "l1_coeff")
+        _check_nonneg_float(tv_coeff, "tv_coeff")
+        _check_nonneg_float(early_stop_tol, "early_stop_tol")
+        if tv_power not in (1, 2) or isinstance(tv_power, bool):
+            raise ValueError(f"`tv_power` must be 1 or 2, got {tv_power!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "`generator` must be a torch.Generator or None, got "
+                f"{type(generator).__name__}."
+            )
+        if probability_fn is not None and not callable(probability_fn):
+            raise TypeError("`probability_fn` must be callable or None.")
+
+        with torch.enable_grad():
+            masks, history = _optimise(
+                self.forward_func,
+                tuple(x.detach() for x in inputs_tuple),
+                target,
+                pool,
+                distractors if pool is None else None,
+                _format_additional_forward_args(additional_forward_args),
+                n_distractors,
+                n_iter,
+                lr,
+                l1_coeff,
+                tv_coeff,
+                tv_power,
+                upsample,
+                show_progress,
+                generator,
+                probability_fn,
+                early_stop_patience,
+                early_stop_tol,
+                internal_batch_size,
+            )
+        out = cast(
+            TensorOrTupleOfTensorsGeneric, _format_output(is_inputs_tuple, masks)
+        )
+        if return_loss_history:
+            return out, history
+        return out
+
+    def attribute_future(self) -> None:
+        """Not implemented: masks are learned synchronously."""
+        raise NotImplementedError("attribute_future is not implemented for LearnedMask")
+
+
+def _check_nonneg_float(value: Any, name: str, strictly: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and math.isfinite(float(value)):
+        if (float(value) > 0) if strictly else (float(value) >= 0):
+            return
+    kind = "a positive" if strictly else "a non-negative"
+    raise ValueError(f"`{name}` must be {kind} finite number, got {value!r}.")
+
+
+def _check_distractors(
+    distractors: Any, inputs: tuple[Tensor, ...], is_tuple: bool
+) -> tuple[Tensor, ...] | None:
+    """Validate a distractor pool; None for a callable."""
+    if callable(distractors) and not isinstance(distractors, Tensor):
+        return None
+    if isinstance(distractors, Tensor):
+        if len(inputs) != 1:
+            raise TypeError(
+                "`distractors` must be a tuple of tensors (one pool per input "
+                f"tensor) when `inputs` is a tuple of {len(inputs)} tensors."
+            )
+        pool: tuple[Tensor, ...] = (distractors,)
+    elif isinstance(distractors, tuple) and all(
+        isinstance(d, Tensor) for d in distractors
+    ):
+        pool = distractors
+    else:
+        raise TypeError(
+            "`distractors` must be a Tensor (a pool of images), a tuple of "
+            "Tensors or a callable (n, generator) -> Tensor; got "
+            f"{type(distractors).__name__}."
+        )
+    if len(pool) != len(inputs):
+        raise ValueError(
+            f"`distractors` has {len(pool)} tensors but `inputs` has {len(inputs)}."
+        )
+    sizes = set()
+    for i, (d, x) in enumerate(zip(pool, inputs)):
+        label = f"distractors[{i}]" if is_tuple else "distractors"
+        if d.dim() != x.dim() or tuple(d.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"`{label}` must be a pool (K, {', '.join(map(str, x.shape[1:]))}) "
+                f"of images shaped like one input example; got {tuple(d.shape)}."
+            )
+        if d.shape[0] < 1:
+            raise ValueError(f"`{label}` is an empty pool.")
+        if not d.is_floating_point():
+            raise TypeError(f"`{label}` must be floating point, got {d.dtype}.")
+        sizes.add(d.shape[0])
+    if len(sizes) > 1:
+        raise ValueError(
+            "All tensors in `distractors` must hold the same number of images; "
+            f"got {[d.shape[0] for d in pool]}."
+        )
+    return tuple(d.detach().to(x.device, x.dtype) for d, x in zip(pool, inputs))
+
+
+def _draw(
+    pool: tuple[Tensor, ...] | None,
+    fn: Any,
+    bsz: int,
+    n_distractors: int | None,
+    inputs: tuple[Tensor, ...],
+    generator: torch.Generator | None,
+) -> tuple[Tensor, ...]:
+    """Distractors for one step, each ``(bsz, D, C, H, W)`` (or expandable)."""
+    if pool is not None:
+        k = pool[0].shape[0]
+        if n_distractors is None:
+            return tuple(d.unsqueeze(0).expand(bsz, *d.shape) for d in pool)
+        gen_device = generator.device if generator is not None else "cpu"
+        idx = torch.randint(
+            k, (bsz, n_distractors), generator=generator, device=gen_device
+        )
+        return tuple(d[idx.to(d.device)] for d in pool)
+    assert n_distractors is not None
+    n = bsz * n_distractors
+    drawn = fn(n, generator)
+    drawn_t = drawn if isinstance(drawn, tuple) else (drawn,)
+    if len(drawn_t) != len(inputs):
+        raise ValueError(
+            f"`distractors` callable returned {len(drawn_t)} tensors for "
+            f"{len(inputs)} input tensors."
+        )
+    out = []
+    for d, x in zip(drawn_t, inputs):
+        if not isinstance(d, Tensor) or tuple(d.shape) != (n, *x.shape[1:]):
+            got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
+            raise ValueError(
+                f"`distractors` callable must return images of shape "
+                f"{(n, *x.shape[1:])} for n={n}; got {got}."
+            )
+        out.append(
+            d.detach().to(x.device, x.dtype).view(bsz, n_distractors, *x.shape[1:])
+        )
+    return tuple(out)
+
+
+def _upsampled(w: Tensor, size: tuple[int, int]) -> Tensor:
+    m = torch.sigmoid(w)
+    if tuple(m.shape[-2:]) == size:
+        return m
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def _total_variation(m: Tensor, power: int) -> Tensor:
+    """Per-example TV of ``m`` ``(n, 1, H, W)``."""
+    dh = (m[..., 1:, :] - m[..., :-1, :]).abs()
+    dw = (m[..., :, 1:] - m[..., :, :-1]).abs()
+    if power == 2:
+        dh, dw = dh * dh, dw * dw
+    return dh.flatten(1).sum(1) + dw.flatten(1).sum(1)
+
+
+def _optimise(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    target: TargetType,
+    pool: tuple[Tensor, ...] | None,
+    fn: Any,
+    afa: Any,
+    n_distractors: int | None,
+    n_iter: int,
+    lr: float,
+    l1_coeff: float,
+    tv_coeff: float,
+    tv_power: int,
+    upsample: int,
+    show_progress: bool,
+    generator: torch.Generator | None,
+    probability_fn: Callable[[Tensor], Tensor] | None,
+    patience: int | None,
+    tol: float,
+    internal_batch_size: int | None,
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    bsz = inputs[0].shape[0]
+    device = inputs[0].device
+    sizes = [(int(x.shape[2]), int(x.shape[3])) for x in inputs]
+    weights = [
+        torch.zeros(
+            bsz,
+            1,
+            -(-h // upsample),
+            -(-w // upsample),
+            dtype=x.dtype,
+            device=x.device,
+        )
+        for x, (h, w) in zip(inputs, sizes)
+    ]
+    exp_avg = [torch.zeros_like(w) for w in weights]
+    exp_avg_sq = [torch.zeros_like(w) for w in weights]
+    steps = torch.zeros(bsz, dtype=torch.long, device=device)
+    active = torch.ones(bsz, dtype=torch.bool, device=device)
+    best = torch.full((bsz,), math.inf, dtype=torch.float64, device=device)
+    since_best = torch.zeros(bsz, dtype=torch.long, device=device)
+    history = torch.full((n_iter, bsz), math.nan, dtype=inputs[0].dtype, device=device)
+    n_d = (
+        pool[0].shape[0]
+        if n_distractors is None and pool is not None
+        else n_distractors
+    )
+    assert n_d is not None
+    per_pass = (
+        bsz if internal_batch_size is None else max(1, internal_batch_size // n_d)
+    )
+    checked = False
+
+    bar = progress(
+        range(n_iter), desc="LearnedMask", total=n_iter, disable=not show_progress
+    )
+    try:
+        for it in bar:
+            drawn = _draw(pool, fn, bsz, n_distractors, inputs, generator)
+            rows = active.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            grads = [torch.zeros_like(w) for w in weights]
+            losses = torch.zeros(bsz, dtype=inputs[0].dtype, device=device)
+            for start in range(0, rows.numel(), per_pass):
+                ex = rows[start : start + per_pass]
+                leaves = [w[ex].detach().requires_grad_(True) for w in weights]
+                loss, out_checked = _chunk_loss(
+                    forward_func,
+                    inputs,
+                    drawn,
+                    leaves,
+                    sizes,
+                    ex,
+                    target,
+                    afa,
+                    bsz,
+                    n_d,
+                    l1_coeff,
+                    tv_coeff,
+                    tv_power,
+                    probability_fn,
+                    checked,
+                )
+                checked = checked or out_checked
+                chunk_grads = torch.autograd.grad(loss.sum(), leaves)
+                for g_all, g in zip(grads, chunk_grads):
+                    g_all[ex] = g
+                losses[ex] = loss.detach()
+            steps[rows] += 1
+            _adam_step(weights, grads, exp_avg, exp_avg_sq, steps, rows, lr)
+            history[it, rows] = losses[rows]
+            if show_progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=float(losses[rows].mean()), refresh=False)
+            if patience is not None:
+                cur = losses[rows].double()
+                prev = best[rows]
+                improved = prev.isinf() | (cur < prev - tol * prev.abs())
+                best[rows] = torch.where(improved, cur, prev)
+                since_best[rows] = torch.where(
+                    improved, torch.zeros_like(since_best[rows]), since_best[rows] + 1
+                )
+                active &= since_best < patience
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    with torch.no_grad():
+        masks = tuple(
+            _upsampled(w, size).expand_as(x).contiguous()
+            for w, size, x in zip(weights, sizes, inputs)
+        )
+    return masks, history
+
+
+def _chunk_loss(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    drawn: tuple[Tensor, ...],
+    leaves: list[Tensor],
+    sizes: list[tuple[int, int]],
+    ex: Tensor,
+    target: TargetType,
+    afa: Any,
+    bsz: int,
+    n_d: int,
+    l1_coeff: float,
+    tv_coeff: float,
+    tv_power: int,
+    probability_fn: Callable[[Tensor], Tensor] | None,
+    checked: bool,
+) -> tuple[Tensor, bool]:
+    """Per-example objective for examples ``ex`` (one forward pass)."""
+    n_ex = ex.numel()
+    masked = []
+    penalty = torch.zeros(n_ex, dtype=inputs[0].dtype, device=inputs[0].device)
+    for x, d, leaf, size in zip(inputs, drawn, leaves, sizes):
+        m = _upsampled(leaf, size)  # (n_ex, 1, H, W)
+        de = d[ex.to(d.device)]  # (n_ex, D, C, H, W)
+        xe = x[ex].unsqueeze(1)
+        mixed = de + m.unsqueeze(1) * (xe - de)
+        masked.append(mixed.reshape(n_ex * n_d, *x.shape[1:]))
+        if l1_coeff:
+            penalty = penalty + l1_coeff * m.flatten(1).sum(1)
+        if tv_coeff:
+            penalty = penalty + tv_coeff * _total_variation(m, tv_power)
+    rows = ex.repeat_interleave(n_d)
+    out = _run_forward(
+        forward_func, tuple(masked), None, _index_forward_args(afa, rows, bsz)
+    )
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"`forward_func` must return a Tensor, got {type(out).__name__}."
+        )
+    row_target = _chunk_target(target, rows, bsz)
+    if probability_fn is None:
+        if out.dim() < 2:
+            raise ValueError(
+                "The model returned one value per example, so there is no class "
+                "dimension to take a softmax over; pass `probability_fn`."
+            )
+        scores = F.log_softmax(out, dim=1)
+    else:
+        scores = probability_fn(out)
+    if not checked:
+        check_target_in_range(scores, row_target)
+    selected = _select_targets(scores, row_target)
+    if selected.numel() != rows.numel():
+        raise ValueError(
+            "`target` must select one probability per example; the selected "
+            f"output has shape {tuple(selected.shape)} for {rows.numel()} inputs."
+        )
+    selected = selected.reshape(n_ex, n_d)
+    if probability_fn is None:
+        log_mean = torch.logsumexp(selected, dim=1) - math.log(n_d)
+    else:
+        tiny = torch.finfo(selected.dtype).tiny
+        log_mean = selected.mean(dim=1).clamp_min(tiny).log()
+    return -log_mean + penalty, True
+
+
+def _adam_step(
+    weights: list[Tensor],
+    grads: list[Tensor],
+    exp_avg: list[Tensor],
+    exp_avg_sq: list[Tensor],
+    steps: Tensor,
+    rows: Tensor,
+    lr: float,
+) -> None:
+    """Adam (torch.optim.Adam's formula) on rows ``rows``, per-example step counts."""
+    t = steps[rows].double().view(-1, 1, 1, 1)
+    dtype = weights[0].dtype
+    bias1 = (1 - _BETA1**t).to(dtype)
+    bias2_sqrt = (1 - _BETA2**t).sqrt().to(dtype)
+    for w, g, m, v in zip(weights, grads, exp_avg, exp_avg_sq):
+        gr = g[rows]
+        m_r = m[rows].mul_(_BETA1).add_(gr, alpha=1 - _BETA1)
+        v_r = v[rows].mul_(_BETA2).addcmul_(gr, gr, value=1 - _BETA2)
+        m[rows] = m_r
+        v[rows] = v_r
+        denom = v_r.sqrt() / bias2_sqrt + _EPS
+        w[rows] = w[rows] - (lr / bias1) * m_r / denom
