@@ -5,24 +5,43 @@ from __future__ import annotations
 import copy
 import itertools
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from captum_ext.models._nib import NIBBatchNorm2d
+
+
+def _fuse_conv_nib(conv: nn.Conv2d, bn: NIBBatchNorm2d) -> nn.Conv2d:
+    """A copy of ``conv`` scaled by the eval-mode NIB BatchNorm that follows it."""
+    assert bn.running_var is not None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        fused.weight.mul_(scale.to(fused.weight).view(-1, 1, 1, 1))
+        if fused.bias is not None:
+            fused.bias.mul_(scale.to(fused.bias))
+    return fused
 
 
 def _fold_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules.keys())
     for prev_name, name in itertools.pairwise(names):
         prev, bn = seq._modules[prev_name], seq._modules[name]
-        if not isinstance(bn, _BatchNorm):
+        if not isinstance(bn, (_BatchNorm, NIBBatchNorm2d)):
             continue
-        if bn.running_mean is None or bn.running_var is None:
+        if bn.running_var is None or getattr(bn, "running_mean", 0) is None:
             raise ValueError(
                 f"BatchNorm {name!r} has no running statistics "
                 "(track_running_stats=False) and cannot be folded."
             )
-        if isinstance(prev, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            fused: nn.Module = fuse_conv_bn_eval(prev, bn)
+        if isinstance(prev, nn.Conv2d) and isinstance(bn, NIBBatchNorm2d):
+            fused: nn.Module = _fuse_conv_nib(prev, bn)
+        elif isinstance(prev, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            fused = fuse_conv_bn_eval(prev, bn)
         elif isinstance(prev, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(prev, bn)
         else:
@@ -43,6 +62,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         W' = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} W, \qquad
         b' = \frac{\gamma (b - \mu)}{\sqrt{\sigma^2 + \epsilon}} + \beta ,
 
+    (a :class:`~captum_ext.models.NIBBatchNorm2d` has no mean and no shift, so
+    only the scale :math:`\gamma / \sqrt{\sigma^2 + \epsilon}` is folded),
     and the BatchNorm is replaced by ``nn.Identity``, so submodule names are
     kept (patterns fitted on the folded model name the same layers). The
     result computes the same function as ``model.eval()`` (up to float
@@ -78,7 +99,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in folded.modules():
         if isinstance(module, nn.Sequential):
             _fold_sequential(module)
-    left = [name for name, m in folded.named_modules() if isinstance(m, _BatchNorm)]
+    left = [
+        name
+        for name, m in folded.named_modules()
+        if isinstance(m, (_BatchNorm, NIBBatchNorm2d))
+    ]
     if left:
         raise ValueError(
             f"fold_batchnorm: could not fold BatchNorm layer(s) {left}: each must "

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_ext.attr import PatternAttribution, fit_patterns
-from captum_ext.models import fold_batchnorm
+from captum_ext.models import NIBBatchNorm2d, fold_batchnorm, nib_vgg
 from tests.helpers import assert_model_unchanged, snapshot
 
 
@@ -87,3 +87,27 @@ def test_unfoldable_batchnorm_is_refused() -> None:
         )
     with pytest.raises(TypeError, match="Module"):
         fold_batchnorm(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_folds_nib_batchnorm_and_pattern_methods_refuse_it_unfolded() -> None:
+    torch.manual_seed(0)
+    model = nib_vgg("vgg13-6", num_classes=10, in_channels=1, width=0.125, image_size=8)
+    x = torch.randn(16, 1, 8, 8)
+    model.train()
+    for _ in range(3):  # give the running variances non-trivial values
+        model(x)
+    for m in model.modules():
+        if isinstance(m, NIBBatchNorm2d) and m.weight is not None:
+            with torch.no_grad():
+                m.weight.uniform_(-2.0, 2.0)  # negative scales flip signs too
+    model.eval()
+    with pytest.raises(ValueError, match="fold_batchnorm"):
+        fit_patterns(model, [x])
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, NIBBatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    # the folded model is still bias-free (positively homogeneous)
+    torch.testing.assert_close(folded(2.0 * x), 2.0 * folded(x), rtol=1e-4, atol=1e-5)
+    patterns = fit_patterns(folded, [x])
+    attr = PatternAttribution(folded, patterns).attribute(x[:4], target=1)
+    assert attr.shape == (4, 1, 8, 8) and torch.isfinite(attr).all()

@@ -8,6 +8,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from captum_ext.models._nib import NIBBatchNorm2d
+
 #: Layer types whose weights get a pattern.
 PATTERN_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
@@ -35,9 +37,10 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 def check_supported_model(model: nn.Module, purpose: str) -> None:
     """Refuse models the pattern estimator and backward rules do not cover.
 
-    Raises ValueError, naming the offending module, for BatchNorm layers (fold
-    them first with :func:`captum_ext.models.fold_batchnorm`), for convolutions
-    other than ``nn.Conv2d`` and for ``nn.Conv2d`` with a non-zero padding mode.
+    Raises ValueError, naming the offending module, for BatchNorm layers
+    (including :class:`~captum_ext.models.NIBBatchNorm2d`; fold them first with
+    :func:`captum_ext.models.fold_batchnorm`), for convolutions other than
+    ``nn.Conv2d`` and for ``nn.Conv2d`` with a non-zero padding mode.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -46,7 +49,7 @@ def check_supported_model(model: nn.Module, purpose: str) -> None:
         )
     for name, module in model.named_modules():
         label = name or "<root>"
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, (_BatchNorm, NIBBatchNorm2d)):
             raise ValueError(
                 f"`model` contains the BatchNorm layer {label!r} "
                 f"({type(module).__name__}); {purpose} requires BatchNorm to be "
