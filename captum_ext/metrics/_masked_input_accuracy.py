@@ -210,7 +210,9 @@ def masked_input_accuracy_curve(
             or ``"predicted"`` (the clean prediction). Default: ``"label"``.
         attribution_kwargs (dict, optional): Passed to the method's
             ``attribute`` at every iteration (e.g. ``{"n_steps": 32}``).
-            Default: None.
+            Tensors whose first dimension is the number of examples (such as
+            per-example ``baselines``) are sliced along with the examples
+            when ``max_examples_per_batch`` splits them. Default: None.
         per_channel (bool): Normalise masks per channel (see
             :class:`RecursiveMaskAttribution`). Default: True.
         show_progress (bool): Show a progress bar over example chunks.
@@ -283,7 +285,7 @@ def masked_input_accuracy_curve(
             n_iterations=n_iterations,
             return_all_masks=True,
             per_channel=per_channel,
-            **attribution_kwargs,
+            **_slice_per_example(attribution_kwargs, sl, n),
         )
         masks_tuple = all_masks if isinstance(all_masks, tuple) else (all_masks,)
         with torch.no_grad():
@@ -300,3 +302,22 @@ def masked_input_accuracy_curve(
         correct = output.argmax(dim=1).view(n_iterations, c) == labels_t[sl]
         result[sl, 1:] = correct.t()
     return result
+
+
+def _slice_per_example(kwargs: dict[str, Any], sl: slice, n: int) -> dict[str, Any]:
+    """Slice the per-example tensors (leading dimension ``n``) of ``kwargs``.
+
+    Tensors, and tensors inside tuples, whose first dimension is the number of
+    examples follow the chunk (e.g. per-example IG ``baselines``); everything
+    else is passed unchanged, as Captum treats additional forward arguments.
+    """
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n:
+            return v[sl]
+        return v
+
+    return {
+        k: tuple(cut(x) for x in v) if isinstance(v, tuple) else cut(v)
+        for k, v in kwargs.items()
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import InputXGradient
+from captum.attr import InputXGradient, IntegratedGradients
 from torch import Tensor, nn
 
 from captum_ext.attr import GradientSignInput, RecursiveMaskAttribution
@@ -174,3 +174,25 @@ def test_curve_forwards_attribution_kwargs_and_checks_them(
         masked_input_accuracy_curve(cnn, x, y, n_iterations=0)
     with pytest.raises(ValueError, match="labels"):
         masked_input_accuracy_curve(cnn, x, y[:3])
+
+
+def test_curve_chunks_per_example_attribution_kwargs() -> None:
+    """Per-example tensors in attribution_kwargs follow the chunks (review fix)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    x = torch.randn(10, 1, 4, 4)
+    y = torch.randint(0, 5, (10,))
+    kwargs = {"baselines": 0.1 * torch.randn(10, 1, 4, 4), "n_steps": 4}
+    full = masked_input_accuracy_curve(
+        model, x, y, IntegratedGradients, n_iterations=3, attribution_kwargs=kwargs
+    )
+    chunked = masked_input_accuracy_curve(
+        model,
+        x,
+        y,
+        IntegratedGradients,
+        n_iterations=3,
+        attribution_kwargs=kwargs,
+        max_examples_per_batch=4,
+    )
+    assert torch.equal(full, chunked)
