@@ -17,7 +17,6 @@ from typing import Any, Literal, cast
 import torch
 import torch.nn.functional as F
 from captum._utils.common import (
-    _expand_target,
     _format_additional_forward_args,
     _run_forward,
     _select_targets,
@@ -25,6 +24,11 @@ from captum._utils.common import (
 from captum._utils.typing import TargetType
 from torch import Tensor
 
+from captum_ext._utils.batching import (
+    index_forward_args,
+    slice_forward_args,
+    target_for_rows,
+)
 from captum_ext._utils.validation import check_target_in_range
 from captum_ext.metrics._fills import gaussian_blur
 
@@ -34,11 +38,6 @@ ScoreFn = Callable[[Tensor], Tensor]
 def softmax_scores(output: Tensor) -> Tensor:
     """Softmax over the class dimension (dim 1)."""
     return F.softmax(output, dim=1)
-
-
-def identity_scores(output: Tensor) -> Tensor:
-    """The raw output (logits or regression values)."""
-    return output
 
 
 def region_ranks(
@@ -115,32 +114,10 @@ def batched_outputs(
     outs = []
     for start in range(0, n, max(1, step)):
         sl = slice(start, start + step)
-        chunk_afa = _slice_forward_args(afa, sl, n)
+        chunk_afa = slice_forward_args(afa, sl, n)
         out = _run_forward(forward_func, tuple(x[sl] for x in inputs), None, chunk_afa)
         outs.append(cast(Tensor, out))
     return torch.cat(outs, dim=0)
-
-
-def _slice_forward_args(afa: Any, sl: slice, n: int) -> Any:
-    """Slice the per-example tensors (leading dim ``n``) of forward args."""
-    if afa is None:
-        return None
-    return tuple(
-        a[sl] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
-        for a in afa
-    )
-
-
-def _index_forward_args(afa: Any, rows: Tensor, n: int) -> Any:
-    """Gather ``rows`` of the per-example tensors (leading dim ``n``)."""
-    if afa is None:
-        return None
-    return tuple(
-        a[rows.to(a.device)]
-        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
-        else a
-        for a in afa
-    )
 
 
 def perturbation_curve(
@@ -199,28 +176,14 @@ def perturbation_curve(
                 perturbed.append(torch.where(chosen, fe, xe))
             else:
                 perturbed.append(torch.where(chosen, xe, fe))
-        chunk_afa = _index_forward_args(afa, ex, bsz)
+        chunk_afa = index_forward_args(afa, ex, bsz)
         out = score_fn(
             cast(Tensor, _run_forward(forward_func, tuple(perturbed), None, chunk_afa))
         )
-        chunk_target = _chunk_target(target, ex, bsz)
+        chunk_target = target_for_rows(target, ex, bsz)
         check_target_in_range(out, chunk_target)
         scores.append(_select_targets(out, chunk_target))
     return torch.cat(scores).reshape(bsz, n_points)
-
-
-def _chunk_target(target: TargetType, ex: Tensor, bsz: int) -> TargetType:
-    """The per-row target for rows ``ex`` of the flattened (example, point) grid."""
-    if target is None or isinstance(target, (int, tuple)):
-        return target
-    if isinstance(target, Tensor):
-        if target.numel() == 1:
-            return target
-        return target.to(ex.device)[ex]
-    if isinstance(target, list):
-        idx = ex.tolist()
-        return [target[i] for i in idx]
-    return _expand_target(target, 1)
 
 
 # --- Pixel-order curves (deletion / insertion / saliency AUC) ------------------

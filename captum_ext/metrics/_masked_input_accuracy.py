@@ -12,6 +12,7 @@ from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
 from torch import Tensor
 
+from captum_ext._utils.batching import slice_forward_args
 from captum_ext._utils.validation import (
     check_broadcasts_to,
     check_positive_int,
@@ -19,7 +20,7 @@ from captum_ext._utils.validation import (
 )
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
 from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
-from captum_ext.metrics._curves import _slice_forward_args, batched_outputs
+from captum_ext.metrics._curves import batched_outputs
 
 
 def _format_labels(labels: Any, n: int, device: torch.device) -> Tensor:
@@ -277,7 +278,7 @@ def masked_input_accuracy_curve(
         sl = slice(start, start + step)
         chunk = tuple(x[sl] for x in inputs_tuple)
         c = chunk[0].shape[0]
-        chunk_afa = _slice_forward_args(afa, sl, n)
+        chunk_afa = slice_forward_args(afa, sl, n)
         all_masks = masker.attribute(
             _format_output(is_tuple, chunk),
             target=targets[sl],

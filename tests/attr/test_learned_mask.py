@@ -469,3 +469,32 @@ def test_reproduction_tv_trades_completeness_for_soundness_on_digits() -> None:
     assert comp0 > 0.95 and sound0 < 0.2  # no TV: complete but unsound
     assert comp1 < comp0 - 0.08  # completeness falls ...
     assert sound1 > sound0 + 0.08  # ... and soundness rises
+
+
+def test_mean_log_loss_is_the_papers_expectation_outside_the_log() -> None:
+    """loss="mean_log" = E[-log p] (eq. 5-6); "log_mean" = -log E[p] (DESIGN)."""
+    torch.manual_seed(0)
+    model = _small_cnn(torch.float64)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    pool = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    kwargs = dict(
+        target=[1, 2],
+        distractors=pool,
+        n_distractors=None,
+        n_iter=1,
+        l1_coeff=0.0,
+        tv_coeff=0.0,
+        return_loss_history=True,
+    )
+    lm = LearnedMask(model)
+    _, h_log_mean = lm.attribute(x, **kwargs)
+    _, h_mean_log = lm.attribute(x, loss="mean_log", **kwargs)
+    # step 0: the mask is 0.5 everywhere, so the inputs are (x + d) / 2
+    mixed = 0.5 * (x[:, None] + pool[None])  # (2, 3, 1, 8, 8)
+    probs = torch.softmax(model(mixed.flatten(0, 1)), 1).view(2, 3, -1)
+    p = probs[torch.arange(2), :, torch.tensor([1, 2])]  # (2, 3)
+    torch.testing.assert_close(h_log_mean[0], -p.mean(1).log())
+    torch.testing.assert_close(h_mean_log[0], (-p.log()).mean(1))
+    assert (h_mean_log[0] > h_log_mean[0]).all()  # Jensen's gap, strict here
+    with pytest.raises(ValueError, match="loss"):
+        lm.attribute(x, loss="cross_entropy", **kwargs)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_ext._utils.batching import index_forward_args, target_for_rows
 from captum_ext._utils.gradient import forward_select, target_gradients
 from captum_ext._utils.validation import (
     check_positive_int,
@@ -19,7 +20,6 @@ from captum_ext._utils.validation import (
     validate_target,
 )
 from captum_ext.attr._utils.integration import check_quadrature, chunks, quadrature
-from captum_ext.metrics._curves import _chunk_target, _index_forward_args
 
 #: A baseline distribution: K reference samples (a tensor, a number, or a tuple
 #: of them for tuple inputs) or a sampler ``(n, generator) -> such a tensor``.
@@ -241,9 +241,16 @@ class DistributionalIG(GradientAttribution):
                   and ``n = n_samples * batch size``; the first ``n_samples``
                   belong to example 0, and so on).
 
-                Inside :class:`~captum.attr.NoiseTunnel`, pass
-                ``draw_baseline_from_distrib=True`` unless K is 1 or the batch
-                size (NoiseTunnel itself checks baselines against the batch).
+                Inside :class:`~captum.attr.NoiseTunnel`: NoiseTunnel turns
+                ``baselines`` into one row per noisy input (``bsz * nt_samples``
+                rows; with ``draw_baseline_from_distrib=True`` it resamples the
+                K references with NumPy's global RNG, which ``generator`` does
+                not control; otherwise K must be 1 or the batch size and the
+                references are repeated). Those rows then form the reference
+                set, so with ``n_samples=None`` every noisy input is paired
+                with all of them, ``(bsz * nt_samples) ** 2`` pairs. Pass
+                ``n_samples=k`` to draw k references per noisy input from that
+                set instead (``bsz * nt_samples * k`` pairs).
             target (int, tuple, Tensor, or list, optional): Output indices for
                 which gradients are computed, with Captum's ``TargetType``
                 semantics. Default: None (the model returns a scalar per
@@ -360,8 +367,8 @@ class DistributionalIG(GradientAttribution):
             grads = target_gradients(
                 self.forward_func,
                 tuple(points),
-                _chunk_target(target, ex, bsz),
-                _index_forward_args(afa, ex, bsz),
+                target_for_rows(target, ex, bsz),
+                index_forward_args(afa, ex, bsz),
             )
             for o, g, d in zip(out, grads, diffs):
                 c = coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype)
@@ -386,10 +393,8 @@ class DistributionalIG(GradientAttribution):
                     forward_select(
                         self.forward_func,
                         tuple(x[a:b] for x in xs),
-                        _chunk_target(target, torch.arange(a, b, device=device), bsz),
-                        _index_forward_args(
-                            afa, torch.arange(a, b, device=device), bsz
-                        ),
+                        target_for_rows(target, torch.arange(a, b, device=device), bsz),
+                        index_forward_args(afa, torch.arange(a, b, device=device), bsz),
                     )
                     .reshape(b - a, -1)
                     .sum(1)
@@ -406,8 +411,8 @@ class DistributionalIG(GradientAttribution):
                 values = forward_select(
                     self.forward_func,
                     refs,
-                    _chunk_target(target, ex, bsz),
-                    _index_forward_args(afa, ex, bsz),
+                    target_for_rows(target, ex, bsz),
+                    index_forward_args(afa, ex, bsz),
                 ).reshape(b - a, -1)
                 f_ref.index_add_(0, ex, values.sum(1) * pairs.weight[a:b].to(f_x))
         total = sum(a.reshape(bsz, -1).sum(1) for a in attributions)

@@ -17,6 +17,7 @@ from captum.attr._utils.common import _format_input_baseline, _validate_input
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._utils.batching import index_forward_args, target_for_rows
 from captum_ext._utils.validation import (
     check_broadcasts_to,
     check_positive_int,
@@ -25,7 +26,6 @@ from captum_ext._utils.validation import (
 )
 from captum_ext.attr._utils.integration import check_quadrature, chunks, quadrature
 from captum_ext.attr._utils.layer_passes import layer_pass
-from captum_ext.metrics._curves import _chunk_target, _index_forward_args
 
 _DIRECTIONALS = ("jvp", "finite_difference")
 
@@ -353,8 +353,8 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 ind_ex = ind[ex] if ind.shape[0] > 1 else ind
                 # (b, M, ...) -> (b * M, ...): the patch directions d_S
                 tangents.append((d_ex.unsqueeze(1) * ind_ex).flatten(0, 1))
-            chunk_target = _chunk_target(target, ex, bsz)
-            chunk_afa = _index_forward_args(afa, ex, bsz)
+            chunk_target = target_for_rows(target, ex, bsz)
+            chunk_afa = index_forward_args(afa, ex, bsz)
             if fused:
                 res = layer_pass(
                     self.forward_func,
@@ -433,7 +433,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         """Directional derivatives of the layer along each patch direction."""
         rows = ex.repeat_interleave(m)
         repeated = tuple(p.repeat_interleave(m, dim=0) for p in points)
-        row_afa = _index_forward_args(afa, rows, bsz)
+        row_afa = index_forward_args(afa, rows, bsz)
         if directional == "jvp":
             res = layer_pass(
                 self.forward_func,

@@ -119,8 +119,10 @@ def _make_refusal(name: str) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         raise ValueError(
             f"Layer {name!r} ({type(module).__name__}) was called but `patterns` "
-            "has no pattern for it (fit_patterns skips layers its data never "
-            "reached); refit the patterns on data that exercises this layer."
+            "has no pattern for it. PatternNet, PatternAttribution and PGIG need "
+            "a pattern for every nn.Linear / nn.Conv2d the forward pass uses: "
+            "fit_patterns with `layers=None` (the default), or with a `layers` "
+            "list that includes this layer, on data that reaches it."
         )
 
     return hook

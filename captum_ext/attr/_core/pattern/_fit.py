@@ -335,7 +335,10 @@ def fit_patterns(
             in ``(x, y)`` batches). Tensors are moved to the model's device.
         kind (str): ``"relu"`` (positive regime, the default) or ``"linear"``.
         layers (list[str or nn.Module], optional): Only these layers (names or
-            modules). Default: every ``nn.Linear`` and ``nn.Conv2d``.
+            modules). Default: every ``nn.Linear`` and ``nn.Conv2d``. The
+            attribution classes need a pattern for every such layer the
+            forward pass calls, so a subset is for inspecting patterns (or
+            for models that route around the other layers).
         max_batches (int, optional): Stop after this many batches (per rank).
         show_progress (bool): Show a progress bar over batches.
         process_group (ProcessGroup or "auto", optional): Sum the statistics

@@ -35,7 +35,7 @@ from captum_ext.attr._core.pattern._pattern_set import PatternSet
 class PatternGuidedIG(_PatternAttributionBase):
     r"""Pattern-Guided Integrated Gradients (PGIG).
 
-    Schwarzenberg & Castle, *Pattern-Guided Integrated Gradients* (ICML 2021
+    Schwarzenberg & Castle, *Pattern-Guided Integrated Gradients* (2020,
     workshop), eq. 4: Integrated Gradients whose path gradients are taken with
     the PatternAttribution backward pass :math:`\partial^{(p)}` (every
     ``nn.Linear`` / ``nn.Conv2d`` backpropagates with :math:`W \odot A`, ReLU

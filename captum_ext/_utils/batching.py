@@ -1,0 +1,45 @@
+"""Splitting per-example arguments into chunks of a flattened batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from captum._utils.common import _expand_target
+from captum._utils.typing import TargetType
+from torch import Tensor
+
+
+def slice_forward_args(afa: Any, sl: slice, n: int) -> Any:
+    """Slice the per-example tensors (leading dim ``n``) of forward args."""
+    if afa is None:
+        return None
+    return tuple(
+        a[sl] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+        for a in afa
+    )
+
+
+def index_forward_args(afa: Any, rows: Tensor, n: int) -> Any:
+    """Gather ``rows`` of the per-example tensors (leading dim ``n``)."""
+    if afa is None:
+        return None
+    return tuple(
+        a[rows.to(a.device)]
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
+        for a in afa
+    )
+
+
+def target_for_rows(target: TargetType, ex: Tensor, bsz: int) -> TargetType:
+    """The per-row target for rows ``ex`` of the flattened (example, point) grid."""
+    if target is None or isinstance(target, (int, tuple)):
+        return target
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            return target
+        return target.to(ex.device)[ex]
+    if isinstance(target, list):
+        idx = ex.tolist()
+        return [target[i] for i in idx]
+    return _expand_target(target, 1)
