@@ -341,6 +341,35 @@ def _check_distractors(
     return tuple(d.detach().to(x.device, x.dtype) for d, x in zip(pool, inputs))
 
 
+class _Drawn:
+    """One step's distractors, gathered for a chunk of examples on demand.
+
+    From a pool only the indices ``(bsz, D)`` are drawn per step; the images
+    of a chunk are gathered when the chunk is evaluated, so a step never holds
+    ``bsz x D`` distractor images beyond the current chunk's.
+    """
+
+    def __init__(
+        self,
+        pool: tuple[Tensor, ...] | None = None,
+        idx: Tensor | None = None,
+        images: tuple[Tensor, ...] | None = None,
+    ) -> None:
+        self.pool, self.idx, self.images = pool, idx, images
+
+    def take(self, ex: Tensor) -> tuple[Tensor, ...]:
+        """Distractors of examples ``ex``, each ``(len(ex), D, C, H, W)``."""
+        if self.images is not None:
+            return tuple(d[ex.to(d.device)] for d in self.images)
+        assert self.pool is not None
+        if self.idx is None:
+            n = ex.numel()
+            return tuple(d.unsqueeze(0).expand(n, *d.shape) for d in self.pool)
+        return tuple(
+            d[self.idx[ex.to(self.idx.device)].to(d.device)] for d in self.pool
+        )
+
+
 def _draw(
     pool: tuple[Tensor, ...] | None,
     fn: Any,
@@ -348,17 +377,17 @@ def _draw(
     n_distractors: int | None,
     inputs: tuple[Tensor, ...],
     generator: torch.Generator | None,
-) -> tuple[Tensor, ...]:
-    """Distractors for one step, each ``(bsz, D, C, H, W)`` (or expandable)."""
+) -> _Drawn:
+    """Distractors for one step (``(bsz, D, C, H, W)`` once gathered)."""
     if pool is not None:
         k = pool[0].shape[0]
         if n_distractors is None:
-            return tuple(d.unsqueeze(0).expand(bsz, *d.shape) for d in pool)
+            return _Drawn(pool=pool)
         gen_device = generator.device if generator is not None else "cpu"
         idx = torch.randint(
             k, (bsz, n_distractors), generator=generator, device=gen_device
         )
-        return tuple(d[idx.to(d.device)] for d in pool)
+        return _Drawn(pool=pool, idx=idx)
     assert n_distractors is not None
     n = bsz * n_distractors
     drawn = fn(n, generator)
@@ -379,7 +408,7 @@ def _draw(
         out.append(
             d.detach().to(x.device, x.dtype).view(bsz, n_distractors, *x.shape[1:])
         )
-    return tuple(out)
+    return _Drawn(images=tuple(out))
 
 
 def _upsampled(w: Tensor, size: tuple[int, int]) -> Tensor:
@@ -469,7 +498,7 @@ def _optimise(
                 loss, out_checked = _chunk_loss(
                     forward_func,
                     inputs,
-                    drawn,
+                    drawn.take(ex),
                     leaves,
                     sizes,
                     ex,
@@ -538,7 +567,7 @@ def _chunk_loss(
     penalty = torch.zeros(n_ex, dtype=inputs[0].dtype, device=inputs[0].device)
     for x, d, leaf, size in zip(inputs, drawn, leaves, sizes):
         m = _upsampled(leaf, size)  # (n_ex, 1, H, W)
-        de = d[ex.to(d.device)]  # (n_ex, D, C, H, W)
+        de = d  # (n_ex, D, C, H, W), gathered for these examples
         xe = x[ex].unsqueeze(1)
         mixed = de + m.unsqueeze(1) * (xe - de)
         masked.append(mixed.reshape(n_ex * n_d, *x.shape[1:]))
