@@ -185,8 +185,9 @@ def _distributional_rows(device: torch.device, quick: bool) -> list[BenchRow]:
                 ours=ours,
                 theirs=theirs,
                 goal=("speedup>=", 1.5),
-                passes=1,
-                unit=_expanded_unit(model, x, target, k * n_steps),
+                # default chunking: k passes of bsz * n_steps points each
+                passes=k,
+                unit=_expanded_unit(model, x, target, n_steps),
                 check=check,
                 note=f"{label}, batch {x.shape[0]} x {'x'.join(map(str, x.shape[1:]))}",
             )

@@ -430,11 +430,17 @@ def test_internal_batch_size_any_chunking(relu_cnn: nn.Module) -> None:
 
 
 def test_points_are_batched(relu_cnn: nn.Module) -> None:
-    """All (example, reference, step) points in one forward pass by default."""
+    """Default: one pass per reference of ``bsz * n_steps`` points (the size of
+    one Captum IG call); ``internal_batch_size`` sets the chunk size."""
     model = Counting(relu_cnn)
     x = torch.randn(3, 1, 6, 6)
     refs = torch.randn(4, 1, 6, 6)
     DistributionalIG(model).attribute(x, refs, target=0, n_steps=10)
+    assert model.calls == 4  # 120 points in chunks of 3 * 10
+    model.calls = 0
+    DistributionalIG(model).attribute(
+        x, refs, target=0, n_steps=10, internal_batch_size=120
+    )
     assert model.calls == 1
     model.calls = 0
     DistributionalIG(model).attribute(

@@ -275,7 +275,12 @@ class DistributionalIG(GradientAttribution):
                 Default: ``gausslegendre``.
             internal_batch_size (int, optional): Most (example, reference,
                 step) points per forward / backward pass; the result does not
-                depend on it. None: all points in one pass. Default: None.
+                depend on it. None: ``bsz * n_steps`` points per pass, the
+                size of the one pass of a Captum ``IntegratedGradients`` call
+                with the same inputs, so that memory does not grow with the
+                number of references (one pass over all points is also slower
+                on CPU, where very large batches fall out of cache).
+                Default: None.
             return_convergence_delta (bool, optional): Also return the
                 distributional completeness error
                 ``sum(attr) - (F(x) - sum_k w_k F(x'_k))`` per example, where
@@ -349,6 +354,8 @@ class DistributionalIG(GradientAttribution):
         step_sizes, alphas = quadrature(method, n_steps, pairs.weight.dtype, device)
         n_pairs = len(pairs)
         out = [torch.zeros_like(x) for x in xs]
+        if internal_batch_size is None:
+            internal_batch_size = bsz * n_steps
         for start, stop in chunks(
             n_steps * n_pairs, internal_batch_size, show_progress, "DistributionalIG"
         ):
