@@ -14,6 +14,7 @@ into tests.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -168,9 +169,23 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description() -> dict[str, Any]:
     """Where the numbers were taken."""
     info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -182,6 +197,12 @@ def machine_description() -> dict[str, Any]:
 
         info["captum"] = captum.__version__
     except ImportError:  # pragma: no cover
+        pass
+    try:
+        import quantus
+
+        info["quantus"] = quantus.__version__
+    except ImportError:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -83,6 +83,14 @@ def report(results: list[dict[str, Any]], device: torch.device) -> str:
     timer = results[0].get("timer", "wall") if results else "wall"
     clock = "process CPU time" if timer == "cpu" else "wall time"
     lines = [
+        "# captum-ext benchmark results",
+        "",
+        "Written by `python -m benchmarks.run --markdown benchmarks/RESULTS.md` "
+        "(Quantus rows need `quantus` importable; see benchmarks/README.md). "
+        "ratio = our time / the counterpart's; *ours / lower bound* = our time "
+        "over `passes` x the measured cost of one unavoidable pass (1.0 = no "
+        "overhead).",
+        "",
         f"Machine: {desc}; device: {device}; timings: medians of {clock}.",
         "",
         markdown_table(results),
