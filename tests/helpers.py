@@ -1,4 +1,5 @@
-"""Test helpers shared across the suite: exact model-state snapshots."""
+"""Test helpers shared across the suite: exact model-state snapshots and a
+forward-call counter."""
 
 from __future__ import annotations
 
@@ -119,3 +120,16 @@ def assert_model_unchanged(before: ModelState, model: nn.Module) -> None:
     assert after.patched_forward == before.patched_forward, "forward was patched"
     assert after.global_hooks == before.global_hooks, "global module hooks left"
     assert after.grad_enabled == before.grad_enabled, "grad mode changed"
+
+
+class CallCounter(nn.Module):
+    """Wraps a model and counts its forward calls (``calls``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.model(*args)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from captum_ext.attr import DistributionalIG
 from tests.attr.captum_quadrature import captum_scale
-from tests.helpers import assert_model_unchanged, snapshot
+from tests.helpers import CallCounter, assert_model_unchanged, snapshot
 
 METHODS = [
     "gausslegendre",
@@ -27,19 +27,6 @@ METHODS = [
     "riemann_middle",
     "riemann_trapezoid",
 ]
-
-
-class Counting(nn.Module):
-    """Wraps a model and counts forward calls."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.calls = 0
-
-    def forward(self, *args: Any) -> Tensor:
-        self.calls += 1
-        return self.model(*args)
 
 
 @pytest.fixture
@@ -432,7 +419,7 @@ def test_internal_batch_size_any_chunking(relu_cnn: nn.Module) -> None:
 def test_points_are_batched(relu_cnn: nn.Module) -> None:
     """Default: one pass per reference of ``bsz * n_steps`` points (the size of
     one Captum IG call); ``internal_batch_size`` sets the chunk size."""
-    model = Counting(relu_cnn)
+    model = CallCounter(relu_cnn)
     x = torch.randn(3, 1, 6, 6)
     refs = torch.randn(4, 1, 6, 6)
     DistributionalIG(model).attribute(x, refs, target=0, n_steps=10)
@@ -501,7 +488,7 @@ def test_model_unchanged_and_no_grad(relu_cnn: nn.Module) -> None:
 def test_bad_arguments_refused_before_work(
     smooth_net: nn.Module, kwargs: dict[str, Any], error: type, match: str
 ) -> None:
-    model = Counting(smooth_net)
+    model = CallCounter(smooth_net)
     args: dict[str, Any] = {"baselines": torch.randn(3, 6), "target": 0}
     args.update(kwargs)
     with pytest.raises(error, match=match):
@@ -510,7 +497,7 @@ def test_bad_arguments_refused_before_work(
 
 
 def test_tuple_baselines_must_share_k() -> None:
-    model = Counting(BasicModel_MultiLayer_MultiInput())
+    model = CallCounter(BasicModel_MultiLayer_MultiInput())
     x = (torch.randn(2, 3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="same number of reference"):
         DistributionalIG(model).attribute(

@@ -27,20 +27,9 @@ from torch import Tensor, nn
 from captum_ext.attr import PatchConductance
 from tests.attr.captum_quadrature import captum_scale
 from tests.contract.fixtures import Tripwire, TripwireError
-from tests.helpers import assert_model_unchanged, snapshot
+from tests.helpers import CallCounter, assert_model_unchanged, snapshot
 
 METHODS = ["riemann_trapezoid", "riemann_right", "gausslegendre"]
-
-
-class Counting(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.calls = 0
-
-    def forward(self, *args: Any) -> Tensor:
-        self.calls += 1
-        return self.model(*args)
 
 
 def _smooth_mlp() -> nn.Sequential:
@@ -462,7 +451,7 @@ def test_layer_called_twice_is_refused() -> None:
 
 def test_work_is_batched() -> None:
     """jvp with one patch: one pass per chunk; several patches: two."""
-    model = Counting(_small_cnn())
+    model = CallCounter(_small_cnn())
     x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
     pc = PatchConductance(model, model.model[3])
     pc.attribute(x, torch.ones(6, 6, dtype=torch.bool), target=0, n_steps=10)
@@ -505,7 +494,7 @@ def test_bad_arguments_refused_before_work(
     kwargs: dict[str, Any], error: type, match: str
 ) -> None:
     inner = _smooth_mlp().float()
-    model = Counting(inner)
+    model = CallCounter(inner)
     args: dict[str, Any] = {
         "patch_mask": torch.ones(6, dtype=torch.bool),
         "target": 0,

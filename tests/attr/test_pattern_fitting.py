@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext.attr import PatternSet, fit_patterns
 from captum_ext.data import signal_distractor_data
-from tests.helpers import assert_model_unchanged, snapshot
+from tests.helpers import CallCounter, assert_model_unchanged, snapshot
 
 # ---------------------------------------------------------------------------
 # brute-force reference: explicit loops over samples, positions and features
@@ -376,19 +376,12 @@ def test_zero_count_gives_zero_pattern() -> None:
 # ---------------------------------------------------------------------------
 
 
-class _Counting(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        self.calls = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        return self.net(x)
+def _counting_mlp() -> CallCounter:
+    return CallCounter(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
 
 
 def test_model_unchanged_also_after_an_error_mid_way() -> None:
-    model = _Counting().eval()
+    model = _counting_mlp().eval()
     state = snapshot(model)
     fit_patterns(model, [torch.randn(5, 4) for _ in range(3)])
     assert_model_unchanged(state, model)
@@ -404,8 +397,8 @@ def test_model_unchanged_also_after_an_error_mid_way() -> None:
         (dict(kind="tanh"), ValueError, "kind"),
         (dict(max_batches=0), ValueError, "max_batches"),
         (dict(layers=["nope"]), ValueError, "layers"),
-        (dict(layers="net.0"), TypeError, "layers"),
-        (dict(layers=["net.1"]), ValueError, "ReLU"),
+        (dict(layers="model.0"), TypeError, "layers"),
+        (dict(layers=["model.1"]), ValueError, "ReLU"),
         (dict(process_group="world"), ValueError, "process_group"),
         (dict(process_group=object()), ValueError, "not initialised"),
         (dict(unpack_batch=3), TypeError, "unpack_batch"),
@@ -415,14 +408,14 @@ def test_model_unchanged_also_after_an_error_mid_way() -> None:
 def test_bad_arguments_refused_before_any_forward(
     kwargs: dict[str, Any], error: type, match: str
 ) -> None:
-    model = _Counting()
+    model = _counting_mlp()
     with pytest.raises(error, match=match):
         fit_patterns(model, [torch.randn(5, 4)], **kwargs)
     assert model.calls == 0
 
 
 def test_bad_data_refused() -> None:
-    model = _Counting()
+    model = _counting_mlp()
     with pytest.raises(TypeError, match="data"):
         fit_patterns(model, torch.randn(5, 4))  # a tensor is not a list of batches
     with pytest.raises(TypeError, match="data"):

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from captum_ext.metrics import aopc, image_degradation
 from captum_ext.metrics._fills import gaussian_blur
-from tests.helpers import assert_model_unchanged, snapshot
+from tests.helpers import CallCounter, assert_model_unchanged, snapshot
 from tests.metrics.trained_digits import trained_digits_cnn
 
 
@@ -361,17 +361,6 @@ def test_inputs_untouched_and_no_grad_context() -> None:
     assert_model_unchanged(before, model)
 
 
-class _Counting(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-        self.net = _cnn()
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        return self.net(x)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -402,7 +391,7 @@ class _Counting(nn.Module):
 def test_argument_validation(
     kwargs: dict[str, Any], error: type, match: str | None
 ) -> None:
-    model = _Counting()
+    model = CallCounter(_cnn())
     args: dict[str, Any] = {
         "forward_func": model,
         "inputs": torch.randn(2, 3, 10, 10),
