@@ -33,6 +33,12 @@ def _digits_batch(batch: int, seed: int = 0) -> tuple[torch.nn.Module, Tensor, T
     return model, x, target
 
 
+def _assert_l2_close(a: Tensor, b: Tensor, tol: float = 0.15) -> None:
+    """Relative L2 difference below ``tol`` (for approximations of ``b``)."""
+    rel = (a - b).norm() / b.norm()
+    assert rel < tol, f"relative L2 difference {rel:.3f}"
+
+
 def _expanded_unit(
     model: torch.nn.Module, x: Tensor, target: Tensor, copies: int
 ) -> Callable[[], None]:
@@ -62,8 +68,7 @@ def _conductance_row(
         # the same quantity (conductance), integrated two ways: exact
         # directional derivatives at the trapezoid points vs Captum's finite
         # differences of the layer between consecutive points
-        rel = (a - b.detach()).norm() / b.norm()
-        assert rel < 0.15, f"relative L2 difference {rel:.3f}"
+        _assert_l2_close(a, b.detach())
 
     return BenchRow(
         name=f"PatchConductance (jvp, {n_steps} steps, layer {index})",
@@ -108,8 +113,7 @@ def _naive_rows(device: torch.device, quick: bool) -> list[BenchRow]:
     def close(a: Tensor, b: Tensor) -> None:
         # finite differences with step 1/n_steps (first order; the ReLU kinks
         # of this random network make it coarse): close, not equal
-        rel = (a - b * scale).norm() / (b * scale).norm()
-        assert rel < 0.15, f"relative L2 difference {rel:.3f}"
+        _assert_l2_close(a, b * scale)
 
     out = []
     for directional, check in (("jvp", exact), ("finite_difference", close)):
