@@ -44,6 +44,15 @@ def forward_select(
     return _select_targets(output, target)
 
 
+def check_one_output_per_example(selected: Tensor) -> None:
+    """Raise (as Captum does) unless the selected output is one value per example."""
+    if selected[0].numel() != 1:
+        raise AssertionError(
+            "Target not provided when necessary, cannot take gradient with "
+            "respect to multiple outputs."
+        )
+
+
 def target_gradients(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
@@ -59,10 +68,6 @@ def target_gradients(
     leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
     with torch.enable_grad():
         selected = forward_select(forward_func, leaves, target, additional_forward_args)
-        if selected[0].numel() != 1:
-            raise AssertionError(
-                "Target not provided when necessary, cannot take gradient with "
-                "respect to multiple outputs."
-            )
+        check_one_output_per_example(selected)
         grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 import torch
-from captum._utils.common import (
-    _expand_additional_forward_args,
-    _expand_target,
-    _format_additional_forward_args,
-)
 from captum._utils.typing import BaselineType, TargetType
 from captum.attr._utils.common import _format_input_baseline, _validate_input
 from torch import Tensor
 
-from captum_ext._utils.gradient import target_gradients
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
     validate_target,
 )
-from captum_ext.attr._utils.integration import quadrature
+from captum_ext.attr._utils.integration import path_average_gradients
 
 
 def _flat_features(values: Any, name: str) -> tuple[Tensor, torch.dtype]:
@@ -176,67 +169,6 @@ def modified_l2_penalty(
     return value.to(dtype)
 
 
-@lru_cache(maxsize=32)
-def _quadrature(
-    method: str, n_steps: int
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Step sizes and alphas of ``method``, cached (Gauss-Legendre costs an eigensolve).
-
-    Captum's points and weights, with the trapezoid rule's true weights for
-    ``riemann_trapezoid`` (see :func:`captum_ext.attr._utils.integration.quadrature`).
-    """
-    step_sizes, alphas = quadrature(method, n_steps, torch.float64, torch.device("cpu"))
-    return tuple(step_sizes.tolist()), tuple(alphas.tolist())
-
-
-def _path_average_gradients(
-    forward_func: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    baselines: tuple[Any, ...],
-    target: TargetType,
-    additional_forward_args: Any,
-    n_steps: int,
-    method: str,
-    internal_batch_size: int | None,
-) -> tuple[Tensor, ...]:
-    """IG with ``multiply_by_inputs=False``: quadrature-weighted path gradients.
-
-    Equal to Captum's ``IntegratedGradients(multiply_by_inputs=False)`` (same
-    quadrature), but each chunk of steps takes one backward pass of the summed
-    target outputs instead of one gradient root per output row.
-    """
-    step_sizes, alphas = _quadrature(method, n_steps)
-    n = inputs[0].shape[0]
-    per_chunk = n_steps
-    if internal_batch_size is not None:
-        per_chunk = max(1, internal_batch_size // n)
-    args = _format_additional_forward_args(additional_forward_args)
-    xs = tuple(x.detach() for x in inputs)
-    bs = tuple(b.detach() if isinstance(b, Tensor) else b for b in baselines)
-    totals: list[Tensor] = [torch.zeros_like(x) for x in xs]
-    for start in range(0, n_steps, per_chunk):
-        chunk_alphas = alphas[start : start + per_chunk]
-        chunk_sizes = step_sizes[start : start + per_chunk]
-        c = len(chunk_alphas)
-        scaled = []
-        for x, b in zip(xs, bs):
-            a = torch.tensor(chunk_alphas, dtype=x.dtype, device=x.device)
-            a = a.view(c, *([1] * x.dim()))
-            path = b + a * (x - b).unsqueeze(0)  # (c, n, ...)
-            scaled.append(path.reshape(c * n, *x.shape[1:]))
-        grads = target_gradients(
-            forward_func,
-            tuple(scaled),
-            _expand_target(target, c),
-            _expand_additional_forward_args(args, c),
-        )
-        for i, g in enumerate(grads):
-            weights = torch.tensor(chunk_sizes, dtype=g.dtype, device=g.device)
-            weights = weights.view(c, *([1] * xs[i].dim()))
-            totals[i] = totals[i] + (g.view(c, *xs[i].shape) * weights).sum(dim=0)
-    return tuple(totals)
-
-
 class AblationPenalties(NamedTuple):
     """What :func:`ablation_penalties` returns.
 
@@ -327,7 +259,7 @@ def ablation_penalties(
         )
     formatted, bases = _format_input_baseline(xs, baselines)
     _validate_input(formatted, bases, n_steps, method)
-    grads = _path_average_gradients(
+    grads = path_average_gradients(
         forward_func,
         formatted,
         bases,

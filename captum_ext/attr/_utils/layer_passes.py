@@ -28,7 +28,7 @@ import torch.autograd.forward_ad as fwAD
 from captum._utils.common import _run_forward
 from torch import Tensor, nn
 
-from captum_ext._utils.gradient import forward_select
+from captum_ext._utils.gradient import check_one_output_per_example, forward_select
 
 
 class _StopForward(Exception):
@@ -165,11 +165,7 @@ def layer_pass(
                     raise AssertionError(
                         "Forward hook did not obtain any outputs for given layer"
                     )
-                if output[0].numel() != 1:
-                    raise AssertionError(
-                        "Target not provided when necessary, cannot take gradient "
-                        "with respect to multiple outputs."
-                    )
+                check_one_output_per_example(output)
                 wrt = state["wrt"] + (leaves if need_input_grad else ())
                 if not output.requires_grad:
                     raise RuntimeError(

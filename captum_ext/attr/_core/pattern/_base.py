@@ -6,11 +6,10 @@ import warnings
 from typing import Any, cast
 
 import torch
-from captum._utils.common import _select_targets
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
-from captum_ext._utils.gradient import run_forward_checked
+from captum_ext._utils.gradient import check_one_output_per_example, forward_select
 from captum_ext.attr._core.pattern._layers import check_supported_model
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
 
@@ -92,6 +91,17 @@ class _PatternAttributionBase(GradientAttribution):
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _checked_forward(self, *args: Any) -> Any:
+        """The model's forward pass; warns once if its outputs look like softmax."""
+        output = self.forward_func(*args)
+        if (
+            not self._softmax_warned
+            and isinstance(output, Tensor)
+            and _looks_like_softmax(output)
+        ):
+            self._warn_softmax("the model's outputs look like softmax probabilities")
+        return output
+
     def _forward_select(
         self,
         inputs: tuple[Tensor, ...],
@@ -99,17 +109,10 @@ class _PatternAttributionBase(GradientAttribution):
         additional_forward_args: Any,
     ) -> Tensor:
         """Run the model (pattern hooks active) and select the target output."""
-        output = run_forward_checked(
-            self.forward_func, inputs, target, additional_forward_args
+        selected = forward_select(
+            self._checked_forward, inputs, target, additional_forward_args
         )
-        if not self._softmax_warned and _looks_like_softmax(output):
-            self._warn_softmax("the model's outputs look like softmax probabilities")
-        selected = _select_targets(output, target)
-        if selected.dim() > 1 and selected[0].numel() != 1:
-            raise AssertionError(
-                "Target not provided when necessary, cannot take gradient with "
-                "respect to multiple outputs."
-            )
+        check_one_output_per_example(selected)
         return selected.reshape(selected.shape[0])
 
     def attribute_future(self) -> None:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import torch
-from captum._utils.common import (
-    _expand_additional_forward_args,
-    _expand_target,
-    _format_additional_forward_args,
-    _format_output,
-)
+from captum._utils.common import _format_output
 from captum._utils.typing import (
     BaselineType,
     TargetType,
     TensorOrTupleOfTensorsGeneric,
 )
-from captum.attr._utils.approximation_methods import approximation_parameters
-from captum.attr._utils.batching import _batch_attribution
 from captum.attr._utils.common import _format_input_baseline, _validate_input
 from captum.log import log_usage
 from torch import Tensor, nn
@@ -30,6 +22,7 @@ from captum_ext._utils.validation import (
 from captum_ext.attr._core.pattern._backward import pattern_backward
 from captum_ext.attr._core.pattern._base import _PatternAttributionBase
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
+from captum_ext.attr._utils.integration import check_quadrature, path_average_gradients
 
 
 class PatternGuidedIG(_PatternAttributionBase):
@@ -123,9 +116,10 @@ class PatternGuidedIG(_PatternAttributionBase):
                 trapezoid rule's (they sum to 1), whereas Captum 0.9's sum to
                 ``(n_steps - 1) / n_steps``, so results are Captum's times
                 ``n_steps / (n_steps - 1)`` for that method.
-            internal_batch_size (int, optional): Examples x steps per forward
-                pass; the steps are split into chunks, with the same result.
-                Default: None (all steps in one pass).
+            internal_batch_size (int, optional): Most examples x steps per
+                forward / backward pass (at least one step per pass); the steps
+                are split into chunks, with the same result. Default: None (all
+                steps in one pass).
 
         Returns:
             Tensor or tuple[Tensor, ...]: the attributions, with the structure
@@ -138,96 +132,34 @@ class PatternGuidedIG(_PatternAttributionBase):
             ...                       internal_batch_size=256)
         """
         is_inputs_tuple, inputs_tuple = format_inputs(inputs)
-        num_examples = inputs_tuple[0].shape[0]
-        validate_target(target, num_examples)
+        validate_target(target, inputs_tuple[0].shape[0])
         formatted_inputs, formatted_baselines = _format_input_baseline(
             inputs_tuple, baselines
         )
         _validate_input(formatted_inputs, formatted_baselines, n_steps, method)
-        check_positive_int(n_steps, "n_steps")
+        check_quadrature(method, n_steps)
         check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
         layers, weights = self._backward_layers()
         with pattern_backward(self._model, layers, weights):
-            if internal_batch_size is not None:
-                attributions = _batch_attribution(
-                    self,
-                    num_examples,
-                    internal_batch_size,
-                    n_steps,
-                    inputs=formatted_inputs,
-                    baselines=formatted_baselines,
-                    target=target,
-                    additional_forward_args=additional_forward_args,
-                    method=method,
-                )
-            else:
-                attributions = self._attribute(
-                    inputs=formatted_inputs,
-                    baselines=formatted_baselines,
-                    target=target,
-                    additional_forward_args=additional_forward_args,
-                    n_steps=n_steps,
-                    method=method,
-                )
-        if method == "riemann_trapezoid":
-            # Captum's trapezoid weights sum to (n - 1) / n on points spaced
-            # 1 / (n - 1); the trapezoid rule's weights are theirs times
-            # n / (n - 1) (see captum_ext.attr._utils.integration.quadrature).
-            attributions = tuple(a * (n_steps / (n_steps - 1)) for a in attributions)
+            attributions = path_average_gradients(
+                self._checked_forward,
+                formatted_inputs,
+                formatted_baselines,
+                target,
+                additional_forward_args,
+                n_steps,
+                method,
+                internal_batch_size,
+            )
+        if self._multiply_by_inputs:
+            attributions = tuple(
+                a * (x.detach() - (b.detach() if isinstance(b, Tensor) else b))
+                for a, x, b in zip(attributions, formatted_inputs, formatted_baselines)
+            )
         return cast(
             TensorOrTupleOfTensorsGeneric,
-            _format_output(is_inputs_tuple, tuple(a.detach() for a in attributions)),
+            _format_output(is_inputs_tuple, attributions),
         )
-
-    def _attribute(
-        self,
-        inputs: tuple[Tensor, ...],
-        baselines: tuple[Tensor | int | float, ...],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        n_steps: int = 50,
-        method: str = "gausslegendre",
-        step_sizes_and_alphas: tuple[list[float], list[float]] | None = None,
-    ) -> tuple[Tensor, ...]:
-        """PGIG over ``n_steps`` path points (the pattern hooks must be active)."""
-        if step_sizes_and_alphas is None:
-            step_sizes_func, alphas_func = approximation_parameters(method)
-            step_sizes, alphas = step_sizes_func(n_steps), alphas_func(n_steps)
-        else:
-            step_sizes, alphas = step_sizes_and_alphas
-        n_points = len(alphas)
-        num_examples = inputs[0].shape[0]
-        scaled = []
-        for x, b in zip(inputs, baselines):
-            x = x.detach()
-            b = b.detach() if isinstance(b, Tensor) else b
-            a = torch.tensor(alphas, dtype=x.dtype, device=x.device)
-            a = a.view(n_points, *([1] * x.dim()))
-            path = (b + a * (x - b)).reshape(n_points * num_examples, *x.shape[1:])
-            scaled.append(path.detach().requires_grad_(True))
-        leaves = tuple(scaled)
-        afa = _format_additional_forward_args(additional_forward_args)
-        expanded_afa = (
-            _expand_additional_forward_args(afa, n_points) if afa is not None else None
-        )
-        expanded_target = _expand_target(target, n_points)
-        with torch.enable_grad():
-            selected = self._forward_select(leaves, expanded_target, expanded_afa)
-            grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
-        out = []
-        for x, b, g in zip(inputs, baselines, grads):
-            if g is None:
-                out.append(torch.zeros_like(x))
-                continue
-            w = torch.tensor(step_sizes, dtype=g.dtype, device=g.device)
-            g = g.detach().reshape(n_points, num_examples, *x.shape[1:])
-            total = (g * w.view(n_points, *([1] * x.dim()))).sum(0)
-            if self._multiply_by_inputs:
-                total = total * (
-                    x.detach() - (b.detach() if isinstance(b, Tensor) else b)
-                )
-            out.append(total)
-        return tuple(out)
 
     @property
     def multiplies_by_inputs(self) -> bool:
