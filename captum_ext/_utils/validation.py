@@ -180,6 +180,15 @@ def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
 
+def check_generator(generator: Any) -> None:
+    """Raise TypeError unless ``generator`` is a ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            "`generator` must be a torch.Generator or None, "
+            f"got {type(generator).__name__}."
+        )
+
+
 def check_broadcasts_to(value: Tensor, x: Tensor, label: str) -> None:
     """Raise ValueError (naming ``label``) unless ``value`` broadcasts to ``x``."""
     try:

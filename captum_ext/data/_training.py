@@ -8,6 +8,8 @@ import torch
 from captum._utils.progress import progress
 from torch import Tensor, nn
 
+from captum_ext._utils.validation import check_positive_int
+
 
 def train_model(
     model: nn.Module,
@@ -67,8 +69,7 @@ def train_model(
             f"and {y.shape[0]}."
         )
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(value, name)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn: nn.Module = (
         nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from captum_ext._utils.validation import (
     check_broadcasts_to,
+    check_generator,
     check_positive_int,
     check_target_in_range,
     format_inputs,
@@ -155,11 +156,7 @@ def image_degradation(
     check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
     if order not in _ORDERS:
         raise ValueError(f"`order` must be one of {_ORDERS}, got {order!r}.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            "`generator` must be a torch.Generator or None, "
-            f"got {type(generator).__name__}."
-        )
+    check_generator(generator)
     bsz = xs[0].shape[0]
     validate_target(target, bsz)
     maps = [patch_region_map(x.shape[2], x.shape[3], patch_size) for x in xs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from captum_ext._utils.validation import check_positive_int
+
 
 def tabular_mlp(
     in_features: int,
@@ -42,8 +44,7 @@ def tabular_mlp(
         ("out_features", out_features),
         ("width", width),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(value, name)
     if (
         isinstance(hidden_layers, bool)
         or not isinstance(hidden_layers, int)

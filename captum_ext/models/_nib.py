@@ -10,6 +10,8 @@ import torch
 from captum._utils.common import _format_additional_forward_args
 from torch import Tensor, nn
 
+from captum_ext._utils.validation import check_positive_int
+
 # Table 1 of Lee & Chang: integers are 3x3 convolutions (output channels),
 # "M" a 2x2 max-pool with stride 2.
 _CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -290,8 +292,7 @@ def nib_vgg(
     if config not in _CONFIGS:
         raise ValueError(f"`config` must be one of {list(_CONFIGS)}, got {config!r}.")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(value, name)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
         raise ValueError(f"`width` must be a positive number, got {width!r}.")
     if not 0.0 <= dropout < 1.0:

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import get_worker_info
 
+from captum_ext._utils.validation import check_generator
+
 
 def check_probability(p: Any, name: str = "p", allow_one: bool = False) -> float:
     """Return ``p`` as a float after checking it lies in [0, 1) (or [0, 1])."""
@@ -140,11 +142,7 @@ class RandomTransform(nn.Module):
 
     def __init__(self, generator: torch.Generator | None) -> None:
         nn.Module.__init__(self)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                "`generator` must be a torch.Generator or None, got "
-                f"{type(generator).__name__}."
-            )
+        check_generator(generator)
         self.generator = generator
         self._initial_seed = None if generator is None else generator.initial_seed()
         self._worker_seed: int | None = None

@@ -20,12 +20,13 @@ intercept is :math:`\beta_0 = \bar y - \bar x^\top \beta`.
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from captum_ext.transforms._base import check_probability
 
 __all__ = ["LinearFit", "ccp_regression", "modified_l2_regression"]
 
@@ -42,17 +43,6 @@ class LinearFit(NamedTuple):
 
     coef: Any
     intercept: Any
-
-
-def _check_lam(lam: Any, allow_one: bool) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, Real):
-        raise TypeError(f"`lam` must be a real number, got {type(lam).__name__}.")
-    value = float(lam)
-    upper_ok = value <= 1.0 if allow_one else value < 1.0
-    if not (value >= 0.0 and upper_ok):
-        interval = "[0, 1]" if allow_one else "[0, 1)"
-        raise ValueError(f"`lam` must be in {interval}, got {lam!r}.")
-    return value
 
 
 def _as_tensor(value: Any, name: str) -> Tensor:
@@ -165,7 +155,7 @@ def ccp_regression(X: Any, y: Any, lam: float) -> LinearFit:
         >>> coef, intercept = ccp_regression(data.x_train, data.y_train, 0.3)
         >>> pred = intercept + data.x_test @ coef
     """
-    lam = _check_lam(lam, allow_one=True)
+    lam = check_probability(lam, "lam", allow_one=True)
     m, y_was_1d, like, is_numpy = _moments(X, y)
     diag = torch.diag(torch.diagonal(m.gram))  # n V
     return _solve((1.0 - lam) * m.gram + lam * diag, m, y_was_1d, like, is_numpy)
@@ -214,7 +204,7 @@ def modified_l2_regression(X: Any, y: Any, lam: float) -> LinearFit:
         >>> data = load_diabetes(standardize=False, raw_scale=True)
         >>> coef, intercept = modified_l2_regression(data.x_train, data.y_train, 0.2)
     """
-    lam = _check_lam(lam, allow_one=False)
+    lam = check_probability(lam, "lam")
     m, y_was_1d, like, is_numpy = _moments(X, y)
     variance = torch.diagonal(m.gram) / m.n
     second_moment = variance + m.x_mean**2

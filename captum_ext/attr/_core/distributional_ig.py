@@ -15,6 +15,7 @@ from torch import Tensor
 from captum_ext._utils.batching import index_forward_args, target_for_rows
 from captum_ext._utils.gradient import forward_select, target_gradients
 from captum_ext._utils.validation import (
+    check_generator,
     check_positive_int,
     format_inputs,
     validate_target,
@@ -317,11 +318,7 @@ class DistributionalIG(GradientAttribution):
         check_quadrature(method, n_steps)
         check_positive_int(n_samples, "n_samples", allow_none=True)
         check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                "`generator` must be a torch.Generator or None, "
-                f"got {type(generator).__name__}."
-            )
+        check_generator(generator)
         xs = tuple(x.detach() for x in inputs_tuple)
         pairs = _make_pairs(baselines, xs, n_samples, generator)
         afa = _format_additional_forward_args(additional_forward_args)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from captum_ext._utils.batching import index_forward_args, target_for_rows
 from captum_ext._utils.validation import (
+    check_generator,
     check_positive_int,
     check_target_in_range,
     format_inputs,
@@ -239,11 +240,7 @@ class LearnedMask(GradientAttribution):
         _check_nonneg_float(early_stop_tol, "early_stop_tol")
         if tv_power not in (1, 2) or isinstance(tv_power, bool):
             raise ValueError(f"`tv_power` must be 1 or 2, got {tv_power!r}.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                "`generator` must be a torch.Generator or None, got "
-                f"{type(generator).__name__}."
-            )
+        check_generator(generator)
         if probability_fn is not None and not callable(probability_fn):
             raise TypeError("`probability_fn` must be callable or None.")
         if loss not in ("log_mean", "mean_log"):

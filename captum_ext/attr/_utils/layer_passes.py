@@ -216,8 +216,6 @@ def _forward_ad_guard(run: Callable[[], Any]) -> Any:
     """Run a forward pass with dual inputs; a clear error if forward AD is missing."""
     try:
         return run()
-    except _StopForward:
-        raise
     except (NotImplementedError, RuntimeError) as err:
         if not _forward_ad_unsupported(err):
             raise

@@ -12,6 +12,7 @@ from captum._utils.progress import progress
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from captum_ext._utils.validation import check_positive_int
 from captum_ext.attr._core.pattern._layers import (
     check_supported_model,
     conv_padding,
@@ -197,11 +198,6 @@ class _LayerStats:
     def pattern(self) -> Tensor:
         """Eq. 2 of the PGIG paper (Kindermans et al.'s two-component a+)."""
         count, sum_x, sum_xy, sum_y, n_all = self.buffers()
-        if float(n_all) == 0:
-            raise ValueError(
-                f"Layer {self.name!r} saw no data while fitting patterns (it was "
-                "never called by the model's forward); leave it out with `layers`."
-            )
         weight = self.weight.detach().to(count.device, torch.float64)
         w = weight.reshape(self.out_features, self.fan_in)
         safe_count = torch.where(count == 0, torch.ones_like(count), count)
@@ -373,14 +369,7 @@ def fit_patterns(
     check_supported_model(model, "fitting patterns")
     if kind not in _KINDS:
         raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
-    if max_batches is not None and (
-        isinstance(max_batches, bool)
-        or not isinstance(max_batches, int)
-        or max_batches < 1
-    ):
-        raise ValueError(
-            f"`max_batches` must be a positive int or None, got {max_batches!r}."
-        )
+    check_positive_int(max_batches, "max_batches", allow_none=True)
     if unpack_batch is not None and not callable(unpack_batch):
         raise TypeError("`unpack_batch` must be callable or None.")
     if compute_dtype is not None and compute_dtype not in (
