@@ -19,6 +19,19 @@ def slice_forward_args(afa: Any, sl: slice, n: int) -> Any:
     )
 
 
+def repeat_forward_args(afa: Any, times: int, n: int) -> Any:
+    """Repeat the per-example tensors (leading dim ``n``) ``times`` times, in
+    repeat-major order (rows ``r * n + i``), for a batch stacked ``times`` deep."""
+    if afa is None:
+        return None
+    return tuple(
+        a.repeat(times, *([1] * (a.dim() - 1)))
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
+        for a in afa
+    )
+
+
 def index_forward_args(afa: Any, rows: Tensor, n: int) -> Any:
     """Gather ``rows`` of the per-example tensors (leading dim ``n``)."""
     if afa is None:

@@ -11,6 +11,7 @@ from captum._utils.common import _format_additional_forward_args, _is_tuple
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from torch import Tensor
 
+from captum_ext._utils.batching import repeat_forward_args
 from captum_ext._utils.validation import check_positive_int, format_inputs
 from captum_ext.metrics._curves import batched_outputs, resolve_fills
 from captum_ext.metrics._deletion_insertion import (
@@ -266,17 +267,6 @@ class CompletenessSoundness(NamedTuple):
     masks: tuple[Any, Any]
 
 
-def _stack_twice(value: Any, bsz: int) -> Any:
-    """Repeat per-example tensors (leading dim ``bsz``) for the doubled batch."""
-    if isinstance(value, Tensor):
-        if value.dim() > 0 and value.shape[0] == bsz:
-            return torch.cat([value, value])
-        return value
-    if isinstance(value, tuple):
-        return tuple(_stack_twice(v, bsz) for v in value)
-    return value
-
-
 def _stack_fill(fill: Any, inputs: tuple[Tensor, ...], bsz: int) -> Any:
     """Repeat per-example fill tensors (shaped like their input) twice."""
     if isinstance(fill, tuple) and len(fill) != len(inputs):
@@ -390,7 +380,7 @@ def worst_case_completeness_soundness(
     both_labels = torch.cat([labels[:, 0], labels[:, 1]])
     doubled = tuple(torch.cat([x, x]) for x in inputs_t)
     doubled_in: Any = doubled if is_tuple else doubled[0]
-    afa2 = _stack_twice(afa, bsz)
+    afa2 = repeat_forward_args(afa, 2, bsz)
     call_kwargs = dict(kwargs)
     if afa2 is not None:
         call_kwargs["additional_forward_args"] = afa2

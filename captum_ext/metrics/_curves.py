@@ -29,7 +29,7 @@ from captum_ext._utils.batching import (
     slice_forward_args,
     target_for_rows,
 )
-from captum_ext._utils.validation import check_target_in_range
+from captum_ext._utils.validation import check_broadcasts_to, check_target_in_range
 from captum_ext.metrics._fills import gaussian_blur
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -169,7 +169,8 @@ def perturbation_curve(
         for x, fill, rank in zip(inputs, fills, ranks):
             shape = (-1,) + (1,) * (x.dim() - 1)
             xe = x[ex]
-            fe = fill.expand_as(x)[ex] if fill.dim() == x.dim() else fill.expand_as(xe)
+            # per-example fills follow the chunk; the others broadcast in where
+            fe = fill[ex] if fill.dim() == x.dim() and fill.shape[0] > 1 else fill
             re = rank.expand(x.shape[0], *rank.shape[1:])[ex]
             chosen = re < ks[pt].view(shape)
             if mode == "delete":
@@ -192,10 +193,8 @@ def perturbation_curve(
 def input_region_ranks(
     attributions: tuple[Tensor, ...],
     inputs: tuple[Tensor, ...],
-    order: Literal["morf", "lerf", "random"] = "morf",
-    generator: torch.Generator | None = None,
 ) -> tuple[tuple[Tensor, ...], int]:
-    """Ranks of regions ranked jointly over all input tensors.
+    """Ranks of regions, most relevant first, ranked jointly over all input tensors.
 
     A region is one pixel (all channels together, scored by the channel sum of
     the attributions) of a 4-D input ``(bsz, C, H, W)``, and one feature of
@@ -217,7 +216,7 @@ def input_region_ranks(
             scores.append(a.reshape(bsz, -1))
             shapes.append(tuple(x.shape))
     counts = [s.shape[1] for s in scores]
-    ranks = region_ranks(torch.cat(scores, dim=1), order, generator)
+    ranks = region_ranks(torch.cat(scores, dim=1), "morf")
     parts = torch.split(ranks, counts, dim=1)
     return tuple(p.reshape(shape) for p, shape in zip(parts, shapes)), sum(counts)
 
@@ -265,15 +264,7 @@ def resolve_fills(
         elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
             out.append(torch.full((), float(spec), dtype=x.dtype, device=x.device))
         elif isinstance(spec, Tensor):
-            try:
-                shape = torch.broadcast_shapes(spec.shape, x.shape)
-            except RuntimeError:
-                shape = None
-            if shape != x.shape:
-                raise ValueError(
-                    f"`{name}` tensor of shape {tuple(spec.shape)} does not broadcast "
-                    f"to the input's shape {tuple(x.shape)}."
-                )
+            check_broadcasts_to(spec, x, f"`{name}` tensor")
             out.append(spec.detach().to(x.device, x.dtype))
         else:
             raise TypeError(

@@ -116,7 +116,7 @@ def ordered_curve(
     score_fn = score_function(probability_fn)
     fills = resolve_fills(fill, inputs_t, float(blur_sigma))
     with torch.no_grad():
-        ranks, n_regions = input_region_ranks(expl, inputs_t, "morf")
+        ranks, n_regions = input_region_ranks(expl, inputs_t)
         if fractions is None:
             assert n_steps is not None
             j = torch.arange(n_steps + 1, dtype=torch.long)

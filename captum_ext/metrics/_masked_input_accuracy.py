@@ -12,7 +12,7 @@ from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
 from torch import Tensor
 
-from captum_ext._utils.batching import slice_forward_args
+from captum_ext._utils.batching import repeat_forward_args, slice_forward_args
 from captum_ext._utils.validation import (
     check_broadcasts_to,
     check_positive_int,
@@ -140,18 +140,6 @@ def masked_input_accuracy(
         )
     _check_logits(output, labels_t)
     return output.argmax(dim=1) == labels_t
-
-
-def _repeat_forward_args(afa: Any, times: int, n: int) -> Any:
-    """Repeat per-example tensors ``times`` times (iteration-major order)."""
-    if afa is None:
-        return None
-    return tuple(
-        a.repeat(times, *([1] * (a.dim() - 1)))
-        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
-        else a
-        for a in afa
-    )
 
 
 def masked_input_accuracy_curve(
@@ -297,7 +285,7 @@ def masked_input_accuracy_curve(
             output = batched_outputs(
                 forward_func,
                 masked,
-                _repeat_forward_args(chunk_afa, n_iterations, c),
+                repeat_forward_args(chunk_afa, n_iterations, c),
                 max_examples_per_batch,
             )
         correct = output.argmax(dim=1).view(n_iterations, c) == labels_t[sl]

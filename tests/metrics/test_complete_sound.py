@@ -214,3 +214,39 @@ def test_bad_arguments() -> None:
 
     with pytest.raises(ValueError, match="fill"):
         worst_case_completeness_soundness(model, x, explain, fill="grey")
+
+
+def test_worst_case_repeats_per_example_forward_args() -> None:
+    """Per-example forward arguments are doubled with the inputs for the two
+    labels: the batched result equals one example at a time."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = SmallCNN()
+
+        def forward(self, x: Tensor, w: Tensor) -> Tensor:
+            return self.net(x) * w
+
+    model = Scaled().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 4, 5, generator=gen)
+    w = torch.tensor([[1.0], [-1.0], [2.0], [-0.5]])
+
+    def explain(inputs: Tensor, target: Tensor, additional_forward_args: Any) -> Tensor:
+        (scale,) = additional_forward_args
+        assert scale.shape[0] == inputs.shape[0]
+        return inputs.abs() * (1 + target.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
+
+    def run(xs: Tensor, ws: Tensor) -> Any:
+        return worst_case_completeness_soundness(
+            model, xs, explain, additional_forward_args=(ws,), n_points=5
+        )
+
+    batched = run(x, w)
+    for i in range(4):
+        one = run(x[i : i + 1], w[i : i + 1])
+        torch.testing.assert_close(batched.labels[i], one.labels[0])
+        torch.testing.assert_close(batched.saliency_auc[i], one.saliency_auc[0])
+        torch.testing.assert_close(batched.completeness[i], one.completeness[0])
+        torch.testing.assert_close(batched.soundness[i], one.soundness[0])

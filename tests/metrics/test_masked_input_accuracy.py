@@ -196,3 +196,51 @@ def test_curve_chunks_per_example_attribution_kwargs() -> None:
         max_examples_per_batch=4,
     )
     assert torch.equal(full, chunked)
+
+
+def test_curve_repeats_per_example_forward_args_for_each_iteration() -> None:
+    """A per-example forward argument follows its example through the chunks
+    and the stacked iterations: batched equals one example at a time."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 4, bias=False)
+
+        def forward(self, x: Tensor, w: Tensor) -> Tensor:
+            return self.a(x) * w
+
+    torch.manual_seed(0)
+    net = Scaled().eval()
+    x = torch.randn(7, 6)
+    w = torch.tensor([1.0, -1.0, 2.0, -0.5, 1.0, -2.0, 0.5]).view(7, 1)
+    y = torch.randint(0, 4, (7,))
+    single = torch.cat(
+        [
+            masked_input_accuracy_curve(
+                net,
+                x[i : i + 1],
+                y[i : i + 1],
+                additional_forward_args=(w[i : i + 1],),
+                n_iterations=3,
+            )
+            for i in range(7)
+        ]
+    )
+    # the sign of w flips the class order: ignoring w would change the curve
+    assert not torch.equal(
+        single,
+        masked_input_accuracy_curve(
+            net, x, y, additional_forward_args=(w.abs(),), n_iterations=3
+        ),
+    )
+    for chunk in (None, 3):
+        got = masked_input_accuracy_curve(
+            net,
+            x,
+            y,
+            additional_forward_args=(w,),
+            n_iterations=3,
+            max_examples_per_batch=chunk,
+        )
+        assert torch.equal(got, single)

@@ -50,16 +50,27 @@ def quadrature(
     of constants, come out scaled by ``(n - 1) / n``. Here the weights are the
     trapezoid rule's on those points, ``1 / (n - 1)`` halved at the ends:
     results are Captum's times ``n / (n - 1)``, and completeness holds to
-    second order.
+    second order. New tensors on every call (the rule itself is cached).
     """
+    step_sizes, alphas = _quadrature_values(method, n_steps)
+    return (
+        torch.tensor(step_sizes, dtype=dtype, device=device),
+        torch.tensor(alphas, dtype=dtype, device=device),
+    )
+
+
+@lru_cache(maxsize=32)
+def _quadrature_values(
+    method: str, n_steps: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """:func:`quadrature`'s rule as floats, cached (Gauss-Legendre: eigensolve)."""
     step_sizes_func, alphas_func = approximation_parameters(method)
-    alphas = torch.tensor(alphas_func(n_steps), dtype=dtype, device=device)
+    alphas = tuple(float(a) for a in alphas_func(n_steps))
     if method == "riemann_trapezoid":
-        step_sizes = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=dtype)
-        step_sizes[0] = step_sizes[-1] = 0.5 / (n_steps - 1)
-        return step_sizes.to(device), alphas
-    step_sizes = torch.tensor(step_sizes_func(n_steps), dtype=dtype, device=device)
-    return step_sizes, alphas
+        inner = 1.0 / (n_steps - 1)
+        ends = 0.5 / (n_steps - 1)
+        return (ends,) + (inner,) * (n_steps - 2) + (ends,), alphas
+    return tuple(float(w) for w in step_sizes_func(n_steps)), alphas
 
 
 def chunks(
@@ -76,15 +87,6 @@ def chunks(
         iterable = progress(starts, desc=desc, total=len(starts))
     for start in iterable:
         yield start, min(start + step, total)
-
-
-@lru_cache(maxsize=32)
-def _cached_quadrature(
-    method: str, n_steps: int
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """:func:`quadrature` as floats, cached (Gauss-Legendre costs an eigensolve)."""
-    step_sizes, alphas = quadrature(method, n_steps, torch.float64, torch.device("cpu"))
-    return tuple(step_sizes.tolist()), tuple(alphas.tolist())
 
 
 def path_average_gradients(
@@ -105,7 +107,7 @@ def path_average_gradients(
     forward and one backward pass of the summed target outputs.
     ``baselines`` are tensors broadcastable to the inputs, or scalars.
     """
-    step_sizes, alphas = _cached_quadrature(method, n_steps)
+    step_sizes, alphas = quadrature(method, n_steps, torch.float64, inputs[0].device)
     n = inputs[0].shape[0]
     per_chunk = None if internal_batch_size is None else internal_batch_size // n
     args = _format_additional_forward_args(additional_forward_args)
@@ -116,7 +118,7 @@ def path_average_gradients(
         c = stop - start
         scaled = []
         for x, b in zip(xs, bs):
-            a = torch.tensor(alphas[start:stop], dtype=x.dtype, device=x.device)
+            a = alphas[start:stop].to(x)
             path = b + a.view(c, *([1] * x.dim())) * (x - b).unsqueeze(0)
             scaled.append(path.reshape(c * n, *x.shape[1:]))
         grads = target_gradients(
@@ -126,6 +128,6 @@ def path_average_gradients(
             _expand_additional_forward_args(args, c),
         )
         for total, x, g in zip(totals, xs, grads):
-            w = torch.tensor(step_sizes[start:stop], dtype=g.dtype, device=g.device)
+            w = step_sizes[start:stop].to(g)
             total += (g.view(c, *x.shape) * w.view(c, *([1] * x.dim()))).sum(dim=0)
     return tuple(totals)
