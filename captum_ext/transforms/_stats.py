@@ -22,7 +22,7 @@ def _first_tensor(item: Any, where: str) -> Tensor:
     )
 
 
-def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None, str]:
+def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None]:
     """Iterate input batches ``(b, *sample_shape)`` from any supported source."""
     if isinstance(data, Tensor):
         if data.dim() < 2:
@@ -31,11 +31,11 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None, 
                 f"dimensions, got shape {tuple(data.shape)}."
             )
         chunks = data.split(batch_size)
-        return iter(chunks), len(chunks), "`data`"
+        return iter(chunks), len(chunks)
     if isinstance(data, TensorDataset):
         x = data.tensors[0]
         chunks = x.split(batch_size)
-        return iter(chunks), len(chunks), "`data`"
+        return iter(chunks), len(chunks)
     if isinstance(data, DataLoader):
         # batch_size=None: the loader yields single samples, not batches.
         unbatched = data.batch_size is None and data.batch_sampler is None
@@ -49,7 +49,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None, 
                 x = _first_tensor(item, "`data` (a DataLoader)")
                 yield x.unsqueeze(0) if unbatched else x
 
-        return from_loader(), total, "`data`"
+        return from_loader(), total
     if isinstance(data, Dataset):
         loader: DataLoader[Any] = DataLoader(data, batch_size=batch_size)
         return _batches(loader, batch_size)
@@ -59,7 +59,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None, 
             for item in data:
                 yield _first_tensor(item, "`data` (an iterable)")
 
-        return from_iterable(), None, "`data`"
+        return from_iterable(), None
     raise TypeError(
         "`data` must be a Tensor (n, ...), a Dataset, a DataLoader or an iterable "
         f"of batches, got {type(data).__name__}."
@@ -79,7 +79,7 @@ def data_mean(
     dtype for integer data). ``reduce_dims`` index the dimensions of one sample
     (0 is the first non-batch dimension) and are kept with size 1.
     """
-    batches, total, where = _batches(data, batch_size)
+    batches, total = _batches(data, batch_size)
     acc: Tensor | None = None
     count = 0
     sample_shape: tuple[int, ...] | None = None
@@ -88,7 +88,7 @@ def data_mean(
     for x in progress(batches, desc="mean", total=total, disable=not show_progress):
         if x.dim() < 2:
             raise ValueError(
-                f"{where} must yield batches (b, *sample_shape) with a sample of at "
+                f"`data` must yield batches (b, *sample_shape) with a sample of at "
                 f"least one dimension, got shape {tuple(x.shape)}."
             )
         if sample_shape is None:
@@ -106,7 +106,7 @@ def data_mean(
             dims = tuple(1 + (d % len(sample_shape)) for d in reduce_dims)
         elif tuple(x.shape[1:]) != sample_shape:
             raise ValueError(
-                f"{where}: all samples must share one shape; got {sample_shape} "
+                f"`data`: all samples must share one shape; got {sample_shape} "
                 f"and {tuple(x.shape[1:])}."
             )
         x64 = x.detach().to(torch.float64)
@@ -114,7 +114,7 @@ def data_mean(
         acc = part if acc is None else acc + part
         count += x.shape[0]
     if acc is None or count == 0 or sample_shape is None:
-        raise ValueError(f"{where} holds no examples.")
+        raise ValueError("`data` holds no examples.")
     per_element = 1
     for d in dims:
         per_element *= sample_shape[d - 1]
