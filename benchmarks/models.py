@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -28,14 +30,19 @@ def cifar_cnn(num_classes: int = 10, width: int = 32) -> nn.Sequential:
 
 
 def image_batch(
-    batch: int, device: torch.device, seed: int = 0
+    batch: int,
+    device: torch.device,
+    seed: int = 0,
+    make_model: Callable[[], nn.Module] = cifar_cnn,
+    shape: tuple[int, ...] = (3, 32, 32),
 ) -> tuple[nn.Module, Tensor, Tensor]:
-    """A seeded CNN in eval mode, a batch of images and per-example targets."""
+    """A seeded model in eval mode (the VGG-style CNN by default), a batch of
+    images of ``shape`` and per-example targets of 10 classes."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cifar_cnn().eval().to(device)
-    x = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
+        model = make_model().eval().to(device)
+    x = torch.randn(batch, *shape, generator=gen).to(device)
     target = torch.randint(0, 10, (batch,), generator=gen).to(device)
     return model, x, target
 

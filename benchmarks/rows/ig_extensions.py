@@ -23,20 +23,16 @@ from captum_ext.attr import DistributionalIG, PatchConductance
 from captum_ext.models import digits_cnn
 
 
-def _digits_batch(batch: int, seed: int = 0) -> tuple[torch.nn.Module, Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = digits_cnn().eval()
-    x = torch.randn(batch, 1, 8, 8, generator=gen)
-    target = torch.randint(0, 10, (batch,), generator=gen)
-    return model, x, target
-
-
 def _assert_l2_close(a: Tensor, b: Tensor, tol: float = 0.15) -> None:
     """Relative L2 difference below ``tol`` (for approximations of ``b``)."""
     rel = (a - b).norm() / b.norm()
     assert rel < tol, f"relative L2 difference {rel:.3f}"
+
+
+def _digits_batch(
+    batch: int, device: torch.device
+) -> tuple[torch.nn.Module, Tensor, Tensor]:
+    return image_batch(batch, device, make_model=digits_cnn, shape=(1, 8, 8))
 
 
 def _expanded_unit(
@@ -87,8 +83,7 @@ def _conductance_row(
 
 def _naive_rows(device: torch.device, quick: bool) -> list[BenchRow]:
     batch, n_steps = (8, 16) if quick else (32, 32)
-    model, x, target = _digits_batch(batch)
-    model, x, target = model.to(device), x.to(device), target.to(device)
+    model, x, target = _digits_batch(batch, device)
     layer = model[7]  # ReLU of the hidden linear layer: 64 neurons
     patch = torch.zeros(1, 1, 8, 8, device=device)
     patch[..., 2:6, 2:6] = 1.0
@@ -149,10 +144,9 @@ def _distributional_rows(device: torch.device, quick: bool) -> list[BenchRow]:
     k = 16
     rows = []
     for label, (model, x, target), n_steps in (
-        ("digits CNN", _digits_batch(8 if quick else 32), 16 if quick else 32),
-        ("VGG-style CNN", image_batch(2 if quick else 4, torch.device("cpu")), 16),
+        ("digits CNN", _digits_batch(8 if quick else 32, device), 16 if quick else 32),
+        ("VGG-style CNN", image_batch(2 if quick else 4, device), 16),
     ):
-        model, x, target = model.to(device), x.to(device), target.to(device)
         gen = torch.Generator().manual_seed(1)
         refs = torch.randn((k, *tuple(x.shape[1:])), generator=gen).to(device)
         dig, ig = DistributionalIG(model), IntegratedGradients(model)

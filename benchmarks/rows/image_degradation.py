@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.harness import BenchRow
-from benchmarks.models import image_batch
+from benchmarks.models import cifar_cnn, image_batch
 from captum_ext.metrics import image_degradation
 from captum_ext.metrics._curves import patch_region_map
 
@@ -183,26 +183,18 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-def _lenet_batch(batch: int, device: torch.device) -> tuple[nn.Module, Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = lenet().eval().to(device)
-    x = torch.randn(batch, 1, 28, 28, generator=gen).to(device)
-    target = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    return model, x, target
-
-
 def rows(device: torch.device, quick: bool) -> list[BenchRow]:
     batch, patch, n_steps = (8, 4, 25) if quick else (32, 2, 100)
     gen = torch.Generator().manual_seed(1)
     out: list[BenchRow] = []
     settings = (
-        ("LeNet (Quantus's MNIST tutorial model)", _lenet_batch, (1, 28, 28), True),
-        ("VGG-style CNN (forward-bound)", image_batch, (3, 32, 32), False),
+        ("LeNet (Quantus's MNIST tutorial model)", lenet, (1, 28, 28), True),
+        ("VGG-style CNN (forward-bound)", cifar_cnn, (3, 32, 32), False),
     )
-    for label, make, shape, all_rows in settings:
-        model, x, target = make(batch, device)
+    for label, make_model, shape, all_rows in settings:
+        model, x, target = image_batch(
+            batch, device, make_model=make_model, shape=shape
+        )
         a = torch.randn(x.shape, generator=gen).to(device)
         note = (
             f"{label}, batch {batch} x {'x'.join(map(str, shape))}, "

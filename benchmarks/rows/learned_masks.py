@@ -38,12 +38,9 @@ from captum_ext.models import digits_cnn
 def _learned_mask_row(device: torch.device, quick: bool, digits: bool) -> BenchRow:
     n_iter = 3 if quick else 10
     if digits:  # the bundled 8x8 digits CNN: cheap passes, overhead matters
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = digits_cnn().eval().to(device)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(16, 1, 8, 8, generator=gen).to(device)
-        target = torch.randint(0, 10, (16,), generator=gen).to(device)
+        model, x, target = image_batch(
+            16, device, make_model=digits_cnn, shape=(1, 8, 8)
+        )
         note = "digits CNN, 16 x 1x8x8"
     else:  # compute-bound on a CPU
         model, x, target = image_batch(16, device)
