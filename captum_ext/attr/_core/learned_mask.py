@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from captum._utils.common import (
     _format_additional_forward_args,
     _format_output,
-    _run_forward,
     _select_targets,
 )
 from captum._utils.progress import progress
@@ -21,6 +20,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import index_forward_args, target_for_rows
+from captum_ext._utils.gradient import run_forward_checked
 from captum_ext._utils.validation import (
     check_generator,
     check_positive_int,
@@ -462,7 +462,6 @@ def _optimise(
     ]
     exp_avg = [torch.zeros_like(w) for w in weights]
     exp_avg_sq = [torch.zeros_like(w) for w in weights]
-    steps = torch.zeros(bsz, dtype=torch.long, device=device)
     active = torch.ones(bsz, dtype=torch.bool, device=device)
     best = torch.full((bsz,), math.inf, dtype=torch.float64, device=device)
     since_best = torch.zeros(bsz, dtype=torch.long, device=device)
@@ -483,16 +482,18 @@ def _optimise(
     )
     try:
         for it in bar:
-            drawn = _draw(pool, fn, bsz, n_distractors, inputs, generator)
+            # rows still optimising; early stopping only ever switches rows
+            # off, so each of them has taken exactly `it` steps so far
             rows = active.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            grads = [torch.zeros_like(w) for w in weights]
-            losses = torch.zeros(bsz, dtype=inputs[0].dtype, device=device)
+            drawn = _draw(pool, fn, bsz, n_distractors, inputs, generator)
+            grad_parts: list[list[Tensor]] = [[] for _ in weights]
+            loss_parts = []
             for start in range(0, rows.numel(), per_pass):
                 ex = rows[start : start + per_pass]
                 leaves = [w[ex].detach().requires_grad_(True) for w in weights]
-                loss, out_checked = _chunk_loss(
+                loss = _chunk_loss(
                     forward_func,
                     inputs,
                     drawn.take(ex),
@@ -510,18 +511,20 @@ def _optimise(
                     checked,
                     loss_kind,
                 )
-                checked = checked or out_checked
-                chunk_grads = torch.autograd.grad(loss.sum(), leaves)
-                for g_all, g in zip(grads, chunk_grads):
-                    g_all[ex] = g
-                losses[ex] = loss.detach()
-            steps[rows] += 1
-            _adam_step(weights, grads, exp_avg, exp_avg_sq, steps, rows, lr)
-            history[it, rows] = losses[rows]
+                checked = True
+                for part, g in zip(grad_parts, torch.autograd.grad(loss.sum(), leaves)):
+                    part.append(g)
+                loss_parts.append(loss.detach())
+            # the chunks are consecutive slices of `rows`: concatenated, they
+            # are the gradients and losses of `rows`, in order
+            grads = [torch.cat(part) for part in grad_parts]
+            losses = torch.cat(loss_parts)
+            _adam_step(weights, grads, exp_avg, exp_avg_sq, it + 1, rows, lr)
+            history[it, rows] = losses
             if show_progress and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=float(losses[rows].mean()), refresh=False)
+                bar.set_postfix(loss=float(losses.mean()), refresh=False)
             if patience is not None:
-                cur = losses[rows].double()
+                cur = losses.double()
                 prev = best[rows]
                 improved = prev.isinf() | (cur < prev - tol * prev.abs())
                 best[rows] = torch.where(improved, cur, prev)
@@ -557,7 +560,7 @@ def _chunk_loss(
     probability_fn: Callable[[Tensor], Tensor] | None,
     checked: bool,
     loss_kind: str = "log_mean",
-) -> tuple[Tensor, bool]:
+) -> Tensor:
     """Per-example objective for examples ``ex`` (one forward pass)."""
     n_ex = ex.numel()
     masked = []
@@ -573,13 +576,9 @@ def _chunk_loss(
         if tv_coeff:
             penalty = penalty + tv_coeff * _total_variation(m, tv_power)
     rows = ex.repeat_interleave(n_d)
-    out = _run_forward(
+    out = run_forward_checked(
         forward_func, tuple(masked), None, index_forward_args(afa, rows, bsz)
     )
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            f"`forward_func` must return a Tensor, got {type(out).__name__}."
-        )
     row_target = target_for_rows(target, rows, bsz)
     if probability_fn is None:
         if out.dim() < 2:
@@ -602,12 +601,12 @@ def _chunk_loss(
     tiny = torch.finfo(selected.dtype).tiny
     if loss_kind == "mean_log":
         logs = selected if probability_fn is None else selected.clamp_min(tiny).log()
-        return -logs.mean(dim=1) + penalty, True
+        return -logs.mean(dim=1) + penalty
     if probability_fn is None:
         log_mean = torch.logsumexp(selected, dim=1) - math.log(n_d)
     else:
         log_mean = selected.mean(dim=1).clamp_min(tiny).log()
-    return -log_mean + penalty, True
+    return -log_mean + penalty
 
 
 def _adam_step(
@@ -615,17 +614,17 @@ def _adam_step(
     grads: list[Tensor],
     exp_avg: list[Tensor],
     exp_avg_sq: list[Tensor],
-    steps: Tensor,
+    step: int,
     rows: Tensor,
     lr: float,
 ) -> None:
-    """Adam (torch.optim.Adam's formula) on rows ``rows``, per-example step counts."""
-    t = steps[rows].double().view(-1, 1, 1, 1)
-    dtype = weights[0].dtype
-    bias1 = (1 - _BETA1**t).to(dtype)
-    bias2_sqrt = (1 - _BETA2**t).sqrt().to(dtype)
-    for w, g, m, v in zip(weights, grads, exp_avg, exp_avg_sq):
-        gr = g[rows]
+    """Adam step ``step`` (torch.optim.Adam's formula) on rows ``rows``.
+
+    ``grads`` are the gradients of those rows, in order.
+    """
+    bias1 = 1 - _BETA1**step
+    bias2_sqrt = math.sqrt(1 - _BETA2**step)
+    for w, gr, m, v in zip(weights, grads, exp_avg, exp_avg_sq):
         m_r = m[rows].mul_(_BETA1).add_(gr, alpha=1 - _BETA1)
         v_r = v[rows].mul_(_BETA2).addcmul_(gr, gr, value=1 - _BETA2)
         m[rows] = m_r

@@ -128,39 +128,35 @@ class RecursiveMaskAttribution(GradientAttribution):
         attribution_method: type[Attribution] | Attribution = GradientSignInput,
     ) -> None:
         GradientAttribution.__init__(self, forward_func)
-        method: Attribution
-        if isinstance(attribution_method, type):
-            if not issubclass(attribution_method, Attribution):
-                raise TypeError(
-                    "`attribution_method` must be a captum Attribution class or "
-                    f"instance, got the class {attribution_method.__name__}."
-                )
-            if issubclass(attribution_method, NoiseTunnel):
-                raise TypeError(
-                    "`attribution_method`: NoiseTunnel wraps an attribution "
-                    "instance; pass NoiseTunnel(Method(forward_func)) instead "
-                    "of the class."
-                )
-            if issubclass(attribution_method, InternalAttribution):
-                raise TypeError(
-                    "`attribution_method` must attribute to the inputs; layer "
-                    f"and neuron methods ({attribution_method.__name__}) return "
-                    "maps that cannot mask the inputs."
-                )
-            method = attribution_method(forward_func)
-        elif isinstance(attribution_method, Attribution):
-            if isinstance(attribution_method, InternalAttribution):
-                raise TypeError(
-                    "`attribution_method` must attribute to the inputs; layer "
-                    f"and neuron methods ({type(attribution_method).__name__}) "
-                    "return maps that cannot mask the inputs."
-                )
-            method = attribution_method
-        else:
+        is_class = isinstance(attribution_method, type)
+        cls = (
+            attribution_method
+            if isinstance(attribution_method, type)
+            else type(attribution_method)
+        )
+        if not issubclass(cls, Attribution):
+            got = f"the class {cls.__name__}" if is_class else cls.__name__
             raise TypeError(
                 "`attribution_method` must be a captum Attribution class or "
-                f"instance, got {type(attribution_method).__name__}."
+                f"instance, got {got}."
             )
+        if is_class and issubclass(cls, NoiseTunnel):
+            raise TypeError(
+                "`attribution_method`: NoiseTunnel wraps an attribution "
+                "instance; pass NoiseTunnel(Method(forward_func)) instead "
+                "of the class."
+            )
+        if issubclass(cls, InternalAttribution):
+            raise TypeError(
+                "`attribution_method` must attribute to the inputs; layer "
+                f"and neuron methods ({cls.__name__}) return maps that cannot "
+                "mask the inputs."
+            )
+        method = (
+            attribution_method(forward_func)
+            if isinstance(attribution_method, type)
+            else attribution_method
+        )
         self.attribution_method = method
 
     @log_usage(part_of_slo=True)
