@@ -173,7 +173,8 @@ def test_demo_prints_table_paths_and_its_time(tiny: dict[str, Any]) -> None:
 def test_demo_reports_progress_per_method(tiny: dict[str, Any]) -> None:
     lines = tiny["stderr"].splitlines()
     assert "Warning" not in tiny["stderr"], tiny["stderr"]
-    assert lines[0].startswith("trained the digits CNN (4 epochs")
+    epochs = demo.SIZES["tiny"].epochs
+    assert lines[0].startswith(f"trained the digits CNN ({epochs} epochs"), lines[0]
     names = [m.name for m in demo._demo_methods()] + ["random order"]
     progress = [ln for ln in lines if ln.startswith("[")]
     assert len(progress) == len(names)
