@@ -336,7 +336,7 @@ class RecursiveMaskAttribution(GradientAttribution):
                 + "; their mask factor is 1 at those iterations. Check that the "
                 "model's output depends on `inputs`.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of attribute (past log_usage)
             )
         result = (
             tuple(torch.stack([h[j] for h in history]) for j in range(len(masks)))
