@@ -216,6 +216,8 @@ def test_masked_input_is_what_the_method_sees() -> None:
     )
 
 
+# dead ReLUs give some examples an all-zero map (mask factor 1, warned)
+@pytest.mark.filterwarnings("ignore:RecursiveMaskAttribution. the map:UserWarning")
 def test_tuple_inputs_masks_per_tensor() -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -268,6 +270,8 @@ def test_model_unchanged_and_no_grad(
     assert got.dtype == x.dtype
 
 
+# dead ReLUs give some examples an all-zero map (mask factor 1, warned)
+@pytest.mark.filterwarnings("ignore:RecursiveMaskAttribution. the map:UserWarning")
 def test_float64_inputs_keep_their_dtype() -> None:
     model = nn.Sequential(nn.Linear(5, 3, bias=False), nn.ReLU(), nn.Linear(3, 2))
     model = model.double()
@@ -385,3 +389,24 @@ def test_progress_bar_over_iterations(
     assert capsys.readouterr().err == ""
     with pytest.raises(TypeError, match="show_progress"):
         rma.attribute(x, target=y, show_progress=1)  # type: ignore[arg-type]
+
+
+def test_noise_floor_reuses_the_methods_forward_pass(
+    cnn: nn.Module, images: Any
+) -> None:
+    """GxSI runs the model on the unmasked inputs itself: no extra pass."""
+    x, y = images
+    calls: list[int] = []
+    handle = cnn.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        RecursiveMaskAttribution(cnn).attribute(x, target=y, n_iterations=3)
+        assert calls == [5, 5, 5]  # one pass per iteration
+        calls.clear()
+        # IG never runs the model on the inputs alone: one extra pass
+        RecursiveMaskAttribution(cnn, IntegratedGradients).attribute(
+            x, target=y, n_iterations=2, n_steps=4
+        )
+        assert calls == [20, 5, 20]
+    finally:
+        handle.remove()
+    assert not cnn._forward_hooks and not cnn._forward_pre_hooks

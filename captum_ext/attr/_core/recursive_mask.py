@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import MethodType
 from typing import Any, cast
 
@@ -12,13 +13,14 @@ from captum._utils.common import (
     _format_output,
     _format_tensor_into_tuples,
     _run_forward,
+    _select_targets,
 )
 from captum._utils.progress import progress
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution, GradientAttribution, NoiseTunnel
 from captum.attr._utils.attribution import InternalAttribution
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_ext._utils.validation import (
     check_positive_int,
@@ -132,9 +134,11 @@ class RecursiveMaskAttribution(GradientAttribution):
     batch the example sits in. A block (example, or example-channel) whose
     spread :math:`\max A - \min A` is at most 16 float ulps of the block's
     magnitude :math:`\max |A|`, or at most 16 ulps of the model's output
-    :math:`|f_k(x)|` for that example (one extra forward pass on the
-    unmasked inputs per call; this compares like with like for maps in
-    output units, such as GxSI, Gradient * Input and IG), carries no
+    :math:`|f_k(x)|` for that example (this compares like with like for
+    maps in output units, such as GxSI, Gradient * Input and IG; the output
+    is taken from the wrapped method's own forward pass on the unmasked
+    inputs when it makes one, as gradient methods do, else from one extra
+    forward pass per call), carries no
     information: its mask factor is **1** at that iteration (the running mask
     of the block is left unchanged, the neutral element of the product), and
     a warning names the examples. Constant maps are covered by the same
@@ -298,7 +302,7 @@ class RecursiveMaskAttribution(GradientAttribution):
                 )
 
         originals = tuple(x.detach() for x in inputs_tuple)
-        floor = self._output_floor(originals, target, additional_forward_args)
+        floor: Tensor | None = None
         masks: tuple[Tensor, ...] | None = None
         history: list[tuple[Tensor, ...]] = []
         flagged: set[int] = set()
@@ -313,12 +317,17 @@ class RecursiveMaskAttribution(GradientAttribution):
                 if masks is None
                 else tuple(x * m for x, m in zip(originals, masks))
             )
-            attributions = self.attribution_method.attribute(
-                _format_output(is_inputs_tuple, current),
-                target=target,
-                additional_forward_args=additional_forward_args,
-                **attribution_kwargs,
-            )
+            with self._capture_output(originals if masks is None else None) as seen:
+                attributions = self.attribution_method.attribute(
+                    _format_output(is_inputs_tuple, current),
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    **attribution_kwargs,
+                )
+            if masks is None:
+                floor = self._output_floor(
+                    originals, target, additional_forward_args, seen
+                )
             step = self._masks_from(
                 attributions, originals, per_channel, floor, flagged
             )
@@ -347,17 +356,56 @@ class RecursiveMaskAttribution(GradientAttribution):
             TensorOrTupleOfTensorsGeneric, _format_output(is_inputs_tuple, result)
         )
 
+    @contextmanager
+    def _capture_output(
+        self, originals: tuple[Tensor, ...] | None
+    ) -> Iterator[list[Tensor]]:
+        """Keep the model's output on ``originals`` if the wrapped method runs it.
+
+        Gradient methods (GxSI, Saliency, Gradient * Input, ...) run the model
+        on the unmasked inputs in the first iteration; a forward hook, removed
+        on exit, keeps that output so the noise floor needs no pass of its own.
+        """
+        seen: list[Tensor] = []
+        model = self.forward_func
+        if originals is None or not isinstance(model, nn.Module):
+            yield seen
+            return
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if seen or not isinstance(output, Tensor) or len(args) < len(originals):
+                return
+            for a, x in zip(args, originals):
+                if not (
+                    isinstance(a, Tensor)
+                    and a.shape == x.shape
+                    and a.dtype == x.dtype
+                    and torch.equal(a.detach(), x)
+                ):
+                    return
+            seen.append(output.detach())
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
     def _output_floor(
         self,
         inputs: tuple[Tensor, ...],
         target: TargetType,
         additional_forward_args: Any,
+        seen: list[Tensor],
     ) -> Tensor | None:
         """Per-example spread below which a map is rounding noise of the output."""
-        with torch.no_grad():
-            out = _run_forward(
-                self.forward_func, inputs, target, additional_forward_args
-            )
+        if seen:
+            out: Any = _select_targets(seen[0], target)
+        else:
+            with torch.no_grad():
+                out = _run_forward(
+                    self.forward_func, inputs, target, additional_forward_args
+                )
         if not isinstance(out, Tensor) or not out.is_floating_point():
             return None
         n = inputs[0].shape[0]
