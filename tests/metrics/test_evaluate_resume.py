@@ -180,16 +180,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
                         os.kill(os.getpid(), signal.SIGKILL)
                     return self.x[i], self.y[i]
 
-            explain = _Explain(_model())
-            res = _run(
-                explain,
-                DataLoader(Killing(), batch_size=4),
-                None if ckpt == "-" else ckpt,
-            )
-            torch.save(
-                {"scores": res.scores, "targets": res.targets, "calls": explain.calls},
-                out,
-            )
+            def evaluate(path):
+                explain = _Explain(_model())
+                res = _run(explain, DataLoader(Killing(), batch_size=4), path)
+                return {
+                    "scores": res.scores, "targets": res.targets, "calls": explain.calls
+                }
+
+            resumed = evaluate(ckpt)  # killed in batch 2 when kill_at = 9
+            whole = evaluate(None)  # the uninterrupted run, in the same process
+            torch.save({"resumed": resumed, "whole": whole}, out)
             """
         )
     )
@@ -210,10 +210,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert run(str(ckpt), 9, str(tmp_path / "never.pt")) == -signal.SIGKILL
     assert not (tmp_path / "never.pt").exists()
     assert _files(ckpt) == ["batch_00000000.pt", "batch_00000001.pt"]
-    assert run(str(ckpt), -1, str(tmp_path / "resumed.pt")) == 0
-    assert run("-", -1, str(tmp_path / "whole.pt")) == 0
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    assert run(str(ckpt), -1, str(tmp_path / "out.pt")) == 0
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    resumed, whole = out["resumed"], out["whole"]
     assert resumed["calls"] == 3 and whole["calls"] == 5
     for name, value in whole["scores"].items():
         assert torch.equal(resumed["scores"][name], value), name
