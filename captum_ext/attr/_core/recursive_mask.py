@@ -142,8 +142,10 @@ class RecursiveMaskAttribution(GradientAttribution):
     information: its mask factor is **1** at that iteration (the running mask
     of the block is left unchanged, the neutral element of the product), and
     a warning names the examples. Constant maps are covered by the same
-    rule. The decision is per example, so a batch gives the same masks as
-    its examples one at a time.
+    rule. The decision is per example (for a model with one output per
+    example; a model returning one value for the whole batch is scaled by its
+    largest entry), so a batch gives the same masks as its examples one at a
+    time.
 
     Every example is processed in the same batched call of the wrapped method
     per iteration (no per-example loop), so the cost is ``n_iterations``
