@@ -14,7 +14,11 @@ from captum_ext.metrics._complete_sound import (
     worst_case_completeness_soundness,
 )
 from captum_ext.metrics._deletion_insertion import deletion_auc, insertion_auc
-from captum_ext.metrics._evaluate import EvaluationResult, evaluate_attributions
+from captum_ext.metrics._evaluate import (
+    EvaluationBatchError,
+    EvaluationResult,
+    evaluate_attributions,
+)
 from captum_ext.metrics._image_degradation import aopc, image_degradation
 from captum_ext.metrics._masked_input_accuracy import (
     masked_input_accuracy,
@@ -30,6 +34,7 @@ from captum_ext.metrics._penalties import (
 __all__ = [
     "AblationPenalties",
     "CompletenessSoundness",
+    "EvaluationBatchError",
     "EvaluationResult",
     "ablation_penalties",
     "aopc",

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
+import json
 import math
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from captum._utils.progress import progress
 from captum.attr import Attribution
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,
@@ -36,6 +42,11 @@ METRIC_ARGUMENTS = (
 )
 
 _TARGET_MODES = ("label", "predicted")
+
+#: Version of the checkpoint file layout (a batch file of another version is
+#: refused).
+_CHECKPOINT_FORMAT = 1
+_BATCH_FILE = re.compile(r"^batch_(\d{8})\.pt$")
 
 
 @dataclass
@@ -81,6 +92,39 @@ class EvaluationResult:
         return out
 
 
+class EvaluationBatchError(RuntimeError):
+    """A batch of :func:`evaluate_attributions` failed.
+
+    Raised from the original exception (``__cause__``), with the batch's
+    index in the message. The batches finished before it are kept: in
+    ``checkpoint_dir`` when one was given (rerun the same call to resume),
+    and in :attr:`partial`.
+
+    Attributes:
+        batch_index (int): Index of the failing batch in ``data``.
+        checkpoint_dir (pathlib.Path or None): Where the finished batches are.
+        partial (EvaluationResult or None): The batches this process finished
+            before the failure (all of them in a one-process run; in data
+            order), or None when none had finished.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        batch_index: int,
+        checkpoint_dir: Path | None,
+        partial: EvaluationResult | None,
+    ) -> None:
+        super().__init__(message)
+        self.batch_index = batch_index
+        self.checkpoint_dir = checkpoint_dir
+        self.partial = partial
+
+
+class _BatchInputError(ValueError):
+    """A batch's own content is wrong (raised as is, naming the batch)."""
+
+
 @dataclass(frozen=True)
 class _MetricCall:
     name: str
@@ -100,6 +144,7 @@ def evaluate_attributions(
     seed: int | None = None,
     show_progress: bool = False,
     process_group: Any = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     r"""Evaluate an attribution method with one or more metrics over a data set.
 
@@ -169,6 +214,39 @@ def evaluate_attributions(
     With sharding active the call is collective: make it on every rank of the
     group (to evaluate on one rank alone, pass ``process_group=None``).
 
+    **Checkpoints and resuming.** With ``checkpoint_dir``, every finished
+    batch is written to ``checkpoint_dir/batch_<index>.pt`` atomically (a
+    temporary file, flushed and fsynced, then renamed over the final name,
+    so a killed process never leaves a partial file). Calling again with the
+    same arguments and the same directory after an interruption, a crash or
+    a failing batch loads the finished batches instead of recomputing them
+    and evaluates the rest; the result equals an uninterrupted run bit for
+    bit, provided the methods and metrics are deterministic or ``seed`` is
+    given (each batch then draws from its own seeded stream, whichever
+    batches were skipped). Each file records a fingerprint of the
+    evaluation (the method's class, a hash of the model's parameters and
+    buffers, the metrics with their bound arguments, ``target``,
+    ``attribute_kwargs``, ``seed``) and a hash of its batch's inputs and
+    labels; a file that does not match (another evaluation, changed data,
+    another file layout), or a directory holding batches past the end of
+    ``data``, is refused with a ``ValueError`` before its batch is used. In a
+    data-parallel run every rank writes and resumes its own batches (one
+    file per batch, so no two ranks write the same file), and a rerun may use
+    another number of ranks. Files are read with
+    ``torch.load(weights_only=True)``. Data are still iterated on a resume
+    (to check each batch's hash); only the attributions and metrics are
+    skipped.
+
+    **Failures.** An exception raised while evaluating batch ``i`` (by the
+    method, the model or a metric) is re-raised as
+    :class:`EvaluationBatchError` naming ``i``, from the original exception;
+    the finished batches are kept (on disk and in its ``partial``). A
+    batch whose own content is malformed gives a ``ValueError`` naming it. A
+    ``KeyboardInterrupt`` propagates unchanged (the finished batches are on
+    disk). In a data-parallel run a failure stops only the failing rank; the
+    others wait in the collective gather until the job is stopped, as with
+    any collective call.
+
     Args:
         attribution_method (Attribution or Callable): A Captum / captum-ext
             attribution instance (its ``attribute`` is called), or any callable
@@ -192,10 +270,18 @@ def evaluate_attributions(
         process_group: ``"auto"`` (default): shard when
             ``torch.distributed`` is initialised; None: never shard; or a
             ``torch.distributed`` process group to shard over.
+        checkpoint_dir (str or os.PathLike, optional): A directory for
+            per-batch checkpoints (created when missing); rerun with the same
+            directory to resume (see above). Default: None (nothing written).
 
     Returns:
         EvaluationResult: per-example scores in data order, targets, labels,
         and their means and standard errors.
+
+    Raises:
+        EvaluationBatchError: A batch failed (its index in the message).
+        ValueError: Bad arguments, a malformed batch, or a checkpoint that
+            belongs to another evaluation or other data.
 
     Examples::
 
@@ -207,6 +293,7 @@ def evaluate_attributions(
         ...     {"morf": partial(image_degradation, patch_size=2, n_steps=None)},
         ...     target="predicted",
         ...     show_progress=True,
+        ...     checkpoint_dir="runs/ig_morf",  # rerun to resume after a crash
         ... )
         >>> aopc(res.scores["morf"]).mean()
     """
@@ -248,6 +335,14 @@ def evaluate_attributions(
     group, rank, world = _resolve_group(process_group)
     method_takes_generator = _takes(explain, "generator") and "generator" not in kwargs
     dev = torch.device(device) if device is not None else None
+    store = (
+        None
+        if checkpoint_dir is None
+        else _Checkpoint(
+            checkpoint_dir,
+            _fingerprint(attribution_method, model, calls, target, kwargs, seed),
+        )
+    )
 
     batches, n_local = _local_batches(data, rank, world)
     local: list[tuple[int, dict[str, Any]]] = []
@@ -257,29 +352,53 @@ def evaluate_attributions(
         total=n_local,
         disable=not show_progress or rank != 0,
     )
+    seen: set[int] = set()
     for index, batch in bar:
         inputs, labels = _split_batch(batch, index)
+        seen.add(index)
+        data_hash = _hash_batch(inputs, labels) if store is not None else ""
+        saved = store.load(index, data_hash) if store is not None else None
+        if saved is not None:
+            local.append((index, saved))
+            continue
         if dev is not None:
             inputs = tuple(x.to(dev) for x in inputs)
             labels = labels.to(dev) if labels is not None else None
-        with _batch_rng(seed, index, inputs[0].device) as generator:
-            local.append(
-                (
+        try:
+            with _batch_rng(seed, index, inputs[0].device) as generator:
+                payload = _evaluate_batch(
+                    explain,
+                    model,
+                    calls,
+                    inputs,
+                    labels,
+                    target,
+                    kwargs,
+                    generator,
+                    method_takes_generator,
                     index,
-                    _evaluate_batch(
-                        explain,
-                        model,
-                        calls,
-                        inputs,
-                        labels,
-                        target,
-                        kwargs,
-                        generator,
-                        method_takes_generator,
-                        index,
-                    ),
                 )
+        except (_BatchInputError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            done = len(local)
+            where = (
+                f"; the {done} finished batch(es) are kept in `checkpoint_dir` "
+                f"{store.path} (call again with it to resume)"
+                if store is not None
+                else f"; the {done} finished batch(es) are in the error's `partial`"
             )
+            raise EvaluationBatchError(
+                f"batch {index} of `data` failed: {type(err).__name__}: {err}{where}.",
+                index,
+                store.path if store is not None else None,
+                _result(calls, [p for _, p in local]) if local else None,
+            ) from err
+        if store is not None:
+            store.save(index, data_hash, payload)
+        local.append((index, payload))
+    if store is not None:
+        store.check_no_stale(seen, rank, world)
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, local, group=group)
@@ -288,7 +407,14 @@ def evaluate_attributions(
         )
     if not local:
         raise ValueError("`data` yielded no batches.")
-    payloads = [p for _, p in local]
+    if store is not None and rank == 0:
+        store.remove_temporary_files()
+    return _result(calls, [p for _, p in local])
+
+
+def _result(
+    calls: list[_MetricCall], payloads: list[dict[str, Any]]
+) -> EvaluationResult:
     scores = {c.name: torch.cat([p["scores"][c.name] for p in payloads]) for c in calls}
     has_labels = [p["labels"] is not None for p in payloads]
     labels_all = torch.cat([p["labels"] for p in payloads]) if all(has_labels) else None
@@ -297,6 +423,203 @@ def evaluate_attributions(
         targets=torch.cat([p["targets"] for p in payloads]),
         labels=labels_all,
     )
+
+
+# --- checkpoints ---------------------------------------------------------------
+
+
+class _Checkpoint:
+    """One file per finished batch, written atomically, checked on load."""
+
+    def __init__(self, path: Any, fingerprint: str) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                "`checkpoint_dir` must be a path (str or os.PathLike), got "
+                f"{type(path).__name__}."
+            )
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(
+                f"`checkpoint_dir` {self.path} exists and is not a directory."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = fingerprint
+
+    def _file(self, index: int) -> Path:
+        return self.path / f"batch_{index:08d}.pt"
+
+    def load(self, index: int, data_hash: str) -> dict[str, Any] | None:
+        file = self._file(index)
+        if not file.exists():
+            return None
+        try:
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"`checkpoint_dir`: cannot read {file} ({type(err).__name__}: {err}); "
+                "it was not written by evaluate_attributions. Delete it to "
+                "recompute that batch."
+            ) from err
+        if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"`checkpoint_dir`: {file} is not an evaluate_attributions "
+                f"checkpoint of format {_CHECKPOINT_FORMAT}."
+            )
+        if saved.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"`checkpoint_dir` {self.path} holds batch {index} of a different "
+                "evaluation (the attribution method, model parameters, metrics, "
+                "`target`, `attribute_kwargs` or `seed` differ). Use a new "
+                "directory, or delete it to start over."
+            )
+        if saved.get("data") != data_hash:
+            raise ValueError(
+                f"batch {index} of `data` differs from the one saved in "
+                f"`checkpoint_dir` {self.path} (other inputs or labels, or another "
+                "batch order). Use a new directory for other data."
+            )
+        payload = saved["payload"]
+        return cast(dict[str, Any], payload)
+
+    def save(self, index: int, data_hash: str, payload: dict[str, Any]) -> None:
+        record = {
+            "format": _CHECKPOINT_FORMAT,
+            "fingerprint": self.fingerprint,
+            "index": index,
+            "data": data_hash,
+            "payload": payload,
+        }
+        final = self._file(index)
+        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _fsync_dir(self.path)
+
+    def check_no_stale(self, seen: set[int], rank: int, world: int) -> None:
+        """Refuse batch files of this rank past the end of ``data``."""
+        extra = []
+        for file in self.path.iterdir():
+            match = _BATCH_FILE.match(file.name)
+            if match is None:
+                continue
+            index = int(match.group(1))
+            if index % world == rank and index not in seen:
+                extra.append(index)
+        if extra:
+            raise ValueError(
+                f"`checkpoint_dir` {self.path} holds batches {sorted(extra)[:10]} that "
+                "`data` does not have (it yielded fewer batches than the run that "
+                "wrote them). Use a new directory for other data."
+            )
+
+    def remove_temporary_files(self) -> None:
+        """Temporary files left by killed writers (no writer runs any more)."""
+        for file in self.path.glob(".batch_*.tmp"):
+            file.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems without directory fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def _hash_tensor(h: Any, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _hash_batch(inputs: tuple[Tensor, ...], labels: Tensor | None) -> str:
+    h = hashlib.sha256()
+    for x in inputs:
+        _hash_tensor(h, x)
+    if labels is not None:
+        h.update(b"labels")
+        _hash_tensor(h, labels)
+    return h.hexdigest()
+
+
+def _describe_stable(obj: Any, depth: int = 0) -> Any:
+    """A description of ``obj`` that is the same in every process (JSON-able)."""
+    if depth > 6:
+        return type(obj).__qualname__
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Tensor):
+        h = hashlib.sha256()
+        _hash_tensor(h, obj)
+        return {"tensor": h.hexdigest()}
+    if isinstance(obj, nn.Module):
+        h = hashlib.sha256(type(obj).__qualname__.encode())
+        for name, value in obj.state_dict().items():
+            h.update(name.encode())
+            _hash_tensor(h, value)
+        return {"module": h.hexdigest()}
+    if isinstance(obj, torch.dtype | torch.device):
+        return str(obj)
+    if isinstance(obj, functools.partial):
+        return {
+            "partial": _describe_stable(obj.func, depth + 1),
+            "args": [_describe_stable(a, depth + 1) for a in obj.args],
+            "keywords": {
+                k: _describe_stable(v, depth + 1)
+                for k, v in sorted(obj.keywords.items())
+            },
+        }
+    if isinstance(obj, Mapping):
+        return {str(k): _describe_stable(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_describe_stable(v, depth + 1) for v in obj]
+    if inspect.ismethod(obj):
+        return {
+            "method": obj.__func__.__qualname__,
+            "of": _describe_stable(obj.__self__, depth + 1),
+        }
+    if isinstance(obj, Attribution):
+        inner = getattr(obj, "attribution_method", None)
+        return {
+            "attribution": type(obj).__qualname__,
+            "inner": None if inner is None else _describe_stable(inner, depth + 1),
+        }
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return type(obj).__qualname__
+
+
+def _fingerprint(
+    method: Any,
+    model: Any,
+    calls: list[_MetricCall],
+    target: Any,
+    attribute_kwargs: dict[str, Any],
+    seed: int | None,
+) -> str:
+    description = {
+        "method": _describe_stable(method),
+        "model": _describe_stable(model),
+        "metrics": {c.name: _describe_stable(c.fn) for c in calls},
+        "target": _describe_stable(target),
+        "attribute_kwargs": _describe_stable(attribute_kwargs),
+        "seed": seed,
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _resolve_method(
@@ -480,7 +803,7 @@ def _split_batch(batch: Any, index: int) -> tuple[tuple[Tensor, ...], Tensor | N
         raw = batch[0]
         labels = batch[1] if len(batch) == 2 else None
     else:
-        raise ValueError(
+        raise _BatchInputError(
             f"batch {index} of `data` must be an input Tensor, (inputs,) or "
             f"(inputs, labels); got {_describe(batch)}. Wrap the data set so that "
             "it yields that."
@@ -494,7 +817,7 @@ def _split_batch(batch: Any, index: int) -> tuple[tuple[Tensor, ...], Tensor | N
     ):
         inputs = tuple(raw)
     else:
-        raise ValueError(
+        raise _BatchInputError(
             f"batch {index}: inputs must be a Tensor or a tuple of Tensors, got "
             f"{_describe(raw)}."
         )
@@ -541,7 +864,7 @@ def _evaluate_batch(
     bsz = inputs[0].shape[0]
     for call in calls:
         if "labels" in call.takes and labels is None:
-            raise ValueError(
+            raise _BatchInputError(
                 f"metric {call.name!r} needs labels, but batch {index} of `data` "
                 "has none."
             )
@@ -576,7 +899,7 @@ def _evaluate_batch(
         out = call.fn(**call_kwargs)
         if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != bsz:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
+            raise _BatchInputError(
                 f"metric {call.name!r} must return a Tensor with one row per "
                 f"example (batch size {bsz}); got {shape}."
             )
@@ -602,7 +925,7 @@ def _resolve_target(
         return torch.full((bsz,), mode, dtype=torch.long, device=device)
     if mode == "label":
         if labels is None:
-            raise ValueError(
+            raise _BatchInputError(
                 f"`target='label'` but batch {index} of `data` has no labels; "
                 "use target='predicted' or yield (inputs, labels) batches."
             )
@@ -611,7 +934,7 @@ def _resolve_target(
         with torch.no_grad():
             out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
         if not isinstance(out, Tensor) or out.dim() != 2:
-            raise ValueError(
+            raise _BatchInputError(
                 "`target='predicted'` needs a model returning (bsz, n_classes); got "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else type(out)}."
             )
@@ -630,7 +953,7 @@ def _resolve_target(
         or raw.dtype == torch.bool
     ):
         shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
-        raise ValueError(
+        raise _BatchInputError(
             f"the target of batch {index} must be {bsz} integer class indices "
             f"(shape ({bsz},)); got {shape}"
             + (f" of {raw.dtype}" if isinstance(raw, Tensor) else "")

@@ -32,6 +32,17 @@ def _check_size(size: Any) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _check_size_fits(size: tuple[int, ...], spatial: tuple[int, ...]) -> None:
+    """Refuse a region larger than the samples: it would replace every sample."""
+    sides = size if len(size) == len(spatial) else size * len(spatial)
+    if any(side > extent for side, extent in zip(sides, spatial)):
+        raise ValueError(
+            f"`size` {size!r} is larger than the samples' spatial size "
+            f"{tuple(spatial)!r}; every region would cover the whole sample. Use "
+            "a `size` no larger than the sample."
+        )
+
+
 class MeanCutout(RandomTransform):
     r"""Cutout: a random square of each sample replaced by the mean.
 
@@ -95,6 +106,9 @@ class MeanCutout(RandomTransform):
                 "`size` must be one int for one-dimensional samples (the mean has "
                 f"shape {tuple(checked.shape)}), got {size!r}."
             )
+        spatial = tuple(checked.shape[-2:] if checked.dim() >= 2 else checked.shape)
+        if all(extent > 1 for extent in spatial):  # a full-size mean: check now
+            _check_size_fits(self.size, spatial)
         RandomTransform.__init__(self, generator)
         self.register_buffer("mean", checked)
 
@@ -151,6 +165,7 @@ class MeanCutout(RandomTransform):
         xb = x if batched else x.unsqueeze(0)
         n = xb.shape[0]
         spatial = tuple(xb.shape[-2:]) if xb.dim() >= 3 else (xb.shape[-1],)
+        _check_size_fits(self.size, spatial)
         sizes = self.size if len(self.size) == len(spatial) else self.size * 2
         generator = self._rng()
         keep_region = torch.ones(n, dtype=torch.bool, device=x.device)

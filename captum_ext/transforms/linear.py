@@ -94,16 +94,45 @@ def _moments(X: Any, y: Any) -> tuple[_Moments, bool, Tensor, bool]:
     return moments, y_was_1d, xt, is_numpy
 
 
-def _solve(
-    matrix: Tensor, m: _Moments, y_was_1d: bool, like: Tensor, is_numpy: bool
-) -> LinearFit:
-    try:
-        coef = torch.linalg.solve(matrix, m.cross)
-    except RuntimeError as err:  # torch.linalg.LinAlgError subclasses it
+#: Smallest accepted reciprocal condition number of the penalised normal
+#: equations after scaling them to unit diagonal. Below it the coefficients
+#: are set by rounding, not by the data (duplicated or linearly dependent
+#: columns with no penalty to separate them).
+_RCOND = 1e-12
+
+
+def _check_conditioning(matrix: Tensor, lam: float) -> None:
+    """Refuse singular or numerically singular penalised normal equations."""
+    diag = torch.diagonal(matrix)
+    if bool((diag <= 0).any()):
+        cols = torch.nonzero(diag <= 0).flatten().tolist()
         raise ValueError(
-            "The penalised normal equations are singular: `X` has constant or "
-            "perfectly collinear columns for this `lam`."
-        ) from err
+            "The penalised normal equations are singular: `X` has constant "
+            f"columns {cols[:10]} that `lam`={lam} does not penalise."
+        )
+    scale = diag.rsqrt()
+    eig = torch.linalg.eigvalsh(matrix * scale[:, None] * scale[None, :])
+    rcond = float(eig[0] / eig[-1])
+    if rcond < _RCOND:
+        raise ValueError(
+            "The penalised normal equations are singular: `X` has duplicated or "
+            f"linearly dependent columns (reciprocal condition number {rcond:.1e}) "
+            f"and `lam`={lam} does not separate them, so the coefficients would "
+            "depend on rounding. Drop the redundant columns of `X` or use a "
+            "larger `lam`."
+        )
+
+
+def _solve(
+    matrix: Tensor,
+    m: _Moments,
+    y_was_1d: bool,
+    like: Tensor,
+    is_numpy: bool,
+    lam: float,
+) -> LinearFit:
+    _check_conditioning(matrix, lam)
+    coef = torch.linalg.solve(matrix, m.cross)
     intercept = m.y_mean - m.x_mean @ coef
     if y_was_1d:
         coef, intercept = coef[:, 0], intercept[0]
@@ -149,6 +178,13 @@ def ccp_regression(X: Any, y: Any, lam: float) -> LinearFit:
         LinearFit: ``(coef, intercept)``, Tensors (``X``'s dtype and device) when
         ``X`` is a Tensor, NumPy arrays when it is an array.
 
+    Raises:
+        ValueError: When the penalised normal equations are singular or
+            numerically singular (reciprocal condition number below 1e-12
+            after scaling to unit diagonal): constant columns that ``lam``
+            does not penalise, or duplicated / linearly dependent columns
+            at ``lam = 0``, whose coefficients are not unique.
+
     Examples::
 
         >>> data = load_diabetes(standardize=False, raw_scale=True)
@@ -158,7 +194,8 @@ def ccp_regression(X: Any, y: Any, lam: float) -> LinearFit:
     lam = check_probability(lam, "lam", allow_one=True)
     m, y_was_1d, like, is_numpy = _moments(X, y)
     diag = torch.diag(torch.diagonal(m.gram))  # n V
-    return _solve((1.0 - lam) * m.gram + lam * diag, m, y_was_1d, like, is_numpy)
+    matrix = (1.0 - lam) * m.gram + lam * diag
+    return _solve(matrix, m, y_was_1d, like, is_numpy, lam)
 
 
 def modified_l2_regression(X: Any, y: Any, lam: float) -> LinearFit:
@@ -199,6 +236,13 @@ def modified_l2_regression(X: Any, y: Any, lam: float) -> LinearFit:
         LinearFit: ``(coef, intercept)``, Tensors (``X``'s dtype and device) when
         ``X`` is a Tensor, NumPy arrays when it is an array.
 
+    Raises:
+        ValueError: When the penalised normal equations are singular or
+            numerically singular (reciprocal condition number below 1e-12
+            after scaling to unit diagonal): constant columns that ``lam``
+            does not penalise, or duplicated / linearly dependent columns
+            at ``lam = 0``, whose coefficients are not unique.
+
     Examples::
 
         >>> data = load_diabetes(standardize=False, raw_scale=True)
@@ -209,4 +253,4 @@ def modified_l2_regression(X: Any, y: Any, lam: float) -> LinearFit:
     variance = torch.diagonal(m.gram) / m.n
     second_moment = variance + m.x_mean**2
     penalty = (m.n * lam / (1.0 - lam)) * torch.diag(second_moment)
-    return _solve(m.gram + penalty, m, y_was_1d, like, is_numpy)
+    return _solve(m.gram + penalty, m, y_was_1d, like, is_numpy, lam)

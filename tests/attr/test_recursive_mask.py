@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -28,14 +29,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:Setting .*hooks:UserWarning")
 
 def _minmax_reference(a: Tensor) -> Tensor:
     """Eq. 11 with explicit loops: per example, per channel (images) or per
-    example (2-D inputs); a constant map gives 0."""
+    example (2-D inputs); a map whose spread is within 16 ulps of its
+    magnitude gives 1 (the neutral mask factor)."""
     out = torch.zeros_like(a)
     for n in range(a.shape[0]):
         channels = range(a.shape[1]) if a.dim() >= 3 else [None]
         for c in channels:
             block = a[n] if c is None else a[n, c]
             lo, hi = float(block.min()), float(block.max())
-            value = (block - lo) / (hi - lo) if hi > lo else torch.zeros_like(block)
+            noise = 16 * torch.finfo(a.dtype).eps * max(abs(lo), abs(hi))
+            informative = hi - lo > noise
+            value = (block - lo) / (hi - lo) if informative else torch.ones_like(block)
             if c is None:
                 out[n] = value
             else:
@@ -146,8 +150,8 @@ def test_instances_and_forwarded_kwargs(
 class _Fixed(Attribution):
     """Returns preset maps (to test the normalisation exactly)."""
 
-    def __init__(self, maps: Any) -> None:
-        Attribution.__init__(self, lambda *a: a[0].flatten(1)[:, :2])
+    def __init__(self, maps: Any, forward_func: Any = None) -> None:
+        Attribution.__init__(self, forward_func or (lambda *a: a[0].flatten(1)[:, :2]))
         self.maps = maps
         self.seen: list[Any] = []
 
@@ -156,41 +160,43 @@ class _Fixed(Attribution):
         return self.maps
 
 
-def test_constant_maps_give_zero_and_normalisation_axes() -> None:
+def _on_fixed(fixed: _Fixed) -> RecursiveMaskAttribution:
+    return RecursiveMaskAttribution(fixed.forward_func, fixed)
+
+
+def test_constant_maps_give_one_and_normalisation_axes() -> None:
     a = torch.randn(3, 2, 4, 4)
     a[0, 1] = 7.0  # a constant channel
     a[1] = -2.0  # a constant example
     a[2, 0, 0, 0] = 1e6  # one dominant value
     x = torch.randn(3, 2, 4, 4)
-    fixed = _Fixed(a)
-    m = RecursiveMaskAttribution(lambda t: t, fixed).attribute(x, n_iterations=1)
+    with pytest.warns(UserWarning, match=r"examples \[0, 1\]"):
+        m = _on_fixed(_Fixed(a)).attribute(x, n_iterations=1)
     torch.testing.assert_close(m, _minmax_reference(a))
-    assert torch.equal(m[0, 1], torch.zeros(4, 4))
-    assert torch.equal(m[1], torch.zeros(2, 4, 4))
+    assert torch.equal(m[0, 1], torch.ones(4, 4))
+    assert torch.equal(m[1], torch.ones(2, 4, 4))
+    assert m[0, 0].min() == 0 and m[0, 0].max() == 1
     assert m[2, 0, 0, 0] == 1 and m[2, 0].flatten()[1:].max() < 1e-4
     # a spread at float rounding level is constant too
     a_round = torch.full((1, 1, 3, 3), 1000.0)
     a_round[0, 0, 1, 1] = torch.nextafter(torch.tensor(1000.0), torch.tensor(2e3))
-    m = RecursiveMaskAttribution(lambda t: t, _Fixed(a_round)).attribute(
-        torch.ones(1, 1, 3, 3)
-    )
-    assert torch.equal(m, torch.zeros(1, 1, 3, 3))
+    with pytest.warns(UserWarning, match="rounding level"):
+        m = _on_fixed(_Fixed(a_round)).attribute(torch.ones(1, 1, 3, 3))
+    assert torch.equal(m, torch.ones(1, 1, 3, 3))
     # per_channel=False: one min-max per example over all channels
-    fixed = _Fixed(a)
-    m = RecursiveMaskAttribution(lambda t: t, fixed).attribute(
-        x, n_iterations=1, per_channel=False
-    )
+    with pytest.warns(UserWarning, match=r"examples \[1\]"):
+        m = _on_fixed(_Fixed(a)).attribute(x, n_iterations=1, per_channel=False)
     whole = _minmax_reference(a.flatten(1)).view_as(a)
     torch.testing.assert_close(m, whole)
 
 
 def test_tabular_inputs_are_one_channel() -> None:
     a = torch.tensor([[1.0, 3.0, 2.0, 5.0], [4.0, 4.0, 4.0, 4.0]])
-    m = RecursiveMaskAttribution(lambda t: t, _Fixed(a)).attribute(
-        torch.ones(2, 4), n_iterations=2
-    )
-    # two iterations of the same map: the square of its normalisation
-    expected = torch.tensor([[0.0, 0.5, 0.25, 1.0], [0.0, 0.0, 0.0, 0.0]]) ** 2
+    with pytest.warns(UserWarning, match=r"examples \[1\]"):
+        m = _on_fixed(_Fixed(a)).attribute(torch.ones(2, 4), n_iterations=2)
+    # two iterations of the same map: the square of its normalisation; the
+    # constant second example keeps mask 1
+    expected = torch.tensor([[0.0, 0.5, 0.25, 1.0], [1.0, 1.0, 1.0, 1.0]]) ** 2
     torch.testing.assert_close(m, expected)
 
 
@@ -198,9 +204,7 @@ def test_masked_input_is_what_the_method_sees() -> None:
     a = torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]]])
     fixed = _Fixed(a)
     x = torch.full((1, 1, 2, 2), 2.0)
-    RecursiveMaskAttribution(lambda t: t, fixed).attribute(
-        x, target=0, n_iterations=3, extra="knob"
-    )
+    _on_fixed(fixed).attribute(x, target=0, n_iterations=3, extra="knob")
     seen = [s[0] for s in fixed.seen]
     m = torch.tensor([[[[0.0, 0.25], [0.5, 1.0]]]])
     torch.testing.assert_close(seen[0], x)
@@ -212,6 +216,8 @@ def test_masked_input_is_what_the_method_sees() -> None:
     )
 
 
+# dead ReLUs give some examples an all-zero map (mask factor 1, warned)
+@pytest.mark.filterwarnings("ignore:RecursiveMaskAttribution. the map:UserWarning")
 def test_tuple_inputs_masks_per_tensor() -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -264,6 +270,8 @@ def test_model_unchanged_and_no_grad(
     assert got.dtype == x.dtype
 
 
+# dead ReLUs give some examples an all-zero map (mask factor 1, warned)
+@pytest.mark.filterwarnings("ignore:RecursiveMaskAttribution. the map:UserWarning")
 def test_float64_inputs_keep_their_dtype() -> None:
     model = nn.Sequential(nn.Linear(5, 3, bias=False), nn.ReLU(), nn.Linear(3, 2))
     model = model.double()
@@ -311,8 +319,94 @@ def test_bad_attribution_methods(cnn: nn.Module) -> None:
         RecursiveMaskAttribution(cnn, LayerGradCam(cnn, cnn.features[0]))
     with pytest.raises(TypeError, match="layer"):
         RecursiveMaskAttribution(cnn, LayerGradCam)
-    wrong = _Fixed(torch.randn(2, 3, 4, 4))
+    wrong = _Fixed(torch.randn(2, 3, 4, 4), forward_func=cnn)
     with pytest.raises(ValueError, match="shaped like"):
         RecursiveMaskAttribution(cnn, wrong).attribute(torch.randn(2, 3, 8, 8))
     with pytest.raises(NotImplementedError):
         RecursiveMaskAttribution(cnn).attribute_future()
+
+
+class _SoftmaxSum(nn.Module):
+    """Sum of a softmax: 1 whatever the input, so its gradient is rounding noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.lin = nn.Linear(12, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.lin(x.flatten(1)), 1).sum(1, keepdim=True)
+
+
+def test_noise_floor_maps_give_one_batched_as_alone() -> None:
+    model = _SoftmaxSum()
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    gxsi = GradientSignInput(model).attribute(x, target=0)
+    # the map is pure rounding noise, far below the output's ulps...
+    assert 0 < float(gxsi.abs().max()) < 16 * torch.finfo(x.dtype).eps
+    # ...whose plain min-max normalisation would stretch it to [0, 1]
+    assert float(_minmax_reference(gxsi).min()) == 0.0
+    rma = RecursiveMaskAttribution(model)
+    with pytest.warns(UserWarning, match=r"examples \[0, 1, 2, 3\]"):
+        batched = rma.attribute(x, target=0)
+    assert torch.equal(batched, torch.ones_like(x))
+    for i in range(4):
+        with pytest.warns(UserWarning, match="rounding level"):
+            alone = rma.attribute(x[i : i + 1], target=0)
+        assert torch.equal(alone, batched[i : i + 1])
+
+
+def test_informative_maps_do_not_warn(cnn: nn.Module, images: Any) -> None:
+    x, y = images
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        m = RecursiveMaskAttribution(cnn).attribute(x, target=y, n_iterations=2)
+    assert float(m.min()) == 0.0 and 0.5 < float(m.max()) <= 1.0
+
+
+def test_instance_on_another_model_is_refused(cnn: nn.Module) -> None:
+    other = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    with pytest.raises(ValueError, match=r"attribution_method.*different"):
+        RecursiveMaskAttribution(cnn, GradientSignInput(other))
+    with pytest.raises(ValueError, match=r"attribution_method.*different"):
+        RecursiveMaskAttribution(cnn, NoiseTunnel(Saliency(other)))
+    # the same model, its bound forward, or NoiseTunnel on it are accepted
+    RecursiveMaskAttribution(cnn, GradientSignInput(cnn))
+    RecursiveMaskAttribution(cnn.forward, GradientSignInput(cnn))
+    RecursiveMaskAttribution(cnn, NoiseTunnel(Saliency(cnn.forward)))
+
+
+def test_progress_bar_over_iterations(
+    cnn: nn.Module, images: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = images
+    rma = RecursiveMaskAttribution(cnn)
+    rma.attribute(x, target=y, n_iterations=4, show_progress=True)
+    err = capsys.readouterr().err
+    assert "RecursiveMaskAttribution" in err and "4/4" in err
+    rma.attribute(x, target=y, n_iterations=2)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="show_progress"):
+        rma.attribute(x, target=y, show_progress=1)  # type: ignore[arg-type]
+
+
+def test_noise_floor_reuses_the_methods_forward_pass(
+    cnn: nn.Module, images: Any
+) -> None:
+    """GxSI runs the model on the unmasked inputs itself: no extra pass."""
+    x, y = images
+    calls: list[int] = []
+    handle = cnn.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        RecursiveMaskAttribution(cnn).attribute(x, target=y, n_iterations=3)
+        assert calls == [5, 5, 5]  # one pass per iteration
+        calls.clear()
+        # IG never runs the model on the inputs alone: one extra pass
+        RecursiveMaskAttribution(cnn, IntegratedGradients).attribute(
+            x, target=y, n_iterations=2, n_steps=4
+        )
+        assert calls == [20, 5, 20]
+    finally:
+        handle.remove()
+    assert not cnn._forward_hooks and not cnn._forward_pre_hooks

@@ -61,7 +61,32 @@ def masked_accuracy(
 DEGRADE = partial(image_degradation, patch_size=2, n_steps=None)
 
 
-def test_equals_direct_calls_in_data_order() -> None:
+def _degradation_reference(
+    model: nn.Module, x: Tensor, attr: Tensor, y: Tensor, patch: int
+) -> Tensor:
+    """MoRF degradation written out with loops: rank the patches by summed
+    attribution (ties by index), replace them one by one with the original
+    patch's per-channel mean, record the target's softmax probability."""
+    n, _, h, w = x.shape
+    cells = [(i, j) for i in range(0, h, patch) for j in range(0, w, patch)]
+    curves = torch.zeros(n, len(cells) + 1)
+    for e in range(n):
+        scores = [
+            float(attr[e, :, i : i + patch, j : j + patch].sum()) for i, j in cells
+        ]
+        order = sorted(range(len(cells)), key=lambda c: (-scores[c], c))
+        img = x[e].clone()
+        for k in range(len(cells) + 1):
+            if k > 0:
+                i, j = cells[order[k - 1]]
+                block = x[e, :, i : i + patch, j : j + patch]
+                img[:, i : i + patch, j : j + patch] = block.mean((1, 2), keepdim=True)
+            with torch.no_grad():
+                curves[e, k] = torch.softmax(model(img[None]), 1)[0, y[e]]
+    return curves
+
+
+def test_equals_independent_computation_in_data_order() -> None:
     model = _model()
     x, y = _data()
     loader = DataLoader(TensorDataset(x, y), batch_size=4)  # 5 batches, last has 2
@@ -72,38 +97,67 @@ def test_equals_direct_calls_in_data_order() -> None:
         {"degradation": DEGRADE, "masked": masked_accuracy},
     )
     assert isinstance(res, EvaluationResult) and res.n_examples == 18
-    attr = InputXGradient(model).attribute(x.clone().requires_grad_(), target=y)
-    want = image_degradation(model, x, attr.detach(), y, 2, None)
+    # Gradient * Input by autograd, the curves and the masked accuracy by hand
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(model(leaf).gather(1, y[:, None]).sum(), leaf)
+    attr = x * grad
+    want = _degradation_reference(model, x, attr, y, 2)
     torch.testing.assert_close(res.scores["degradation"], want)
-    assert torch.equal(res.scores["masked"], masked_accuracy(model, x, attr, y))
+    with torch.no_grad():
+        masked = model(x * (attr > 0)).argmax(1) == y
+    assert torch.equal(res.scores["masked"], masked)
     assert torch.equal(res.targets, y) and torch.equal(res.labels, y)  # type: ignore[arg-type]
-    torch.testing.assert_close(res.mean["degradation"], want.double().mean(0))
-    sem = want.double().std(0) / 18**0.5
+    mean = want.double().sum(0) / 18
+    torch.testing.assert_close(res.mean["degradation"], mean)
+    sem = ((want.double() - mean) ** 2).sum(0).div(17).sqrt() / 18**0.5
     torch.testing.assert_close(res.sem["degradation"], sem)
     assert_model_unchanged(before, model)
 
 
+def _linear() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
+
+
 def test_captum_metrics_plug_in() -> None:
-    """infidelity via partial, sensitivity_max directly (target through **kwargs)."""
-    model = _model()
+    """infidelity via partial, sensitivity_max directly (target and the
+    attribute kwargs through **kwargs), against closed forms on a linear model."""
+    lin = _linear()
+    weight = lin[1].weight.detach()
     x, y = _data(8)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
-    metrics = {
-        "infid": partial(infidelity, perturb_func=_noise, n_perturb_samples=3),
-        "sens": partial(sensitivity_max, n_perturb_samples=2),
-    }
-    ig = IntegratedGradients(model)
-    torch.manual_seed(5)
-    res = evaluate_attributions(ig, loader, metrics, attribute_kwargs={"n_steps": 8})
-    torch.manual_seed(5)  # the same draws, batch by batch (iterating the
-    for b, (xb, yb) in enumerate(loader):  # loader draws a worker seed too)
-        attr = ig.attribute(xb, target=yb, n_steps=8)
-        inf = infidelity(model, _noise, xb, attr, target=yb, n_perturb_samples=3)
-        sens = sensitivity_max(
-            ig.attribute, xb, n_perturb_samples=2, target=yb, n_steps=8
-        )
-        torch.testing.assert_close(res.scores["infid"][4 * b : 4 * b + 4], inf)
-        torch.testing.assert_close(res.scores["sens"][4 * b : 4 * b + 4], sens)
+
+    def shifted(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        shift = torch.full_like(inputs, 0.1)
+        return shift, inputs - shift
+
+    def doubled(inputs: Tensor, target: Tensor, abs: bool) -> Tensor:
+        return 2 * Saliency(lin).attribute(inputs, target=target, abs=abs)
+
+    res = evaluate_attributions(
+        doubled,
+        loader,
+        {"infid": partial(infidelity, perturb_func=shifted, n_perturb_samples=2)},
+        forward_func=lin,
+        attribute_kwargs={"abs": False},
+    )
+    # attributions 2 w_y for f = w.x + b: infidelity (I.2w_y - I.w_y)^2, I = 0.1
+    want = (0.1 * weight[y].sum(1)) ** 2
+    torch.testing.assert_close(res.scores["infid"], want, rtol=1e-4, atol=1e-7)
+
+    def nudge(inputs: Tensor, perturb_radius: float) -> Tensor:
+        return inputs + 0.01
+
+    res = evaluate_attributions(
+        InputXGradient(lin),
+        loader,
+        {"sens": partial(sensitivity_max, perturb_func=nudge, n_perturb_samples=2)},
+    )
+    # Gradient * Input x * w_y moves by 0.01 w_y: relative change |0.01 w_y| / |x w_y|
+    w_y = weight[y].view_as(x)
+    want = (0.01 * w_y).flatten(1).norm(dim=1) / (x * w_y).flatten(1).norm(dim=1)
+    torch.testing.assert_close(res.scores["sens"], want, rtol=1e-4, atol=1e-7)
 
 
 def test_targets_predicted_int_and_callable() -> None:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import MethodType
 from typing import Any, cast
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples
+from captum._utils.common import (
+    _format_output,
+    _format_tensor_into_tuples,
+    _run_forward,
+    _select_targets,
+)
+from captum._utils.progress import progress
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution, GradientAttribution, NoiseTunnel
 from captum.attr._utils.attribution import InternalAttribution
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_ext._utils.validation import (
     check_positive_int,
@@ -20,24 +29,21 @@ from captum_ext._utils.validation import (
 )
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
 
-# A spread below this many float ulps of the map's magnitude is rounding noise:
-# the map is treated as constant (mask 0).
+# A spread below this many float ulps of the map's magnitude, or of the model's
+# output for the example, is rounding noise: the map carries no information.
 _CONSTANT_ULPS = 16.0
 
 
-def _minmax_mask(attributions: Tensor, per_channel: bool = True) -> Tensor:
-    r"""Min-max normalise an attribution map per example (and per channel).
+def _minmax_parts(
+    attributions: Tensor, per_channel: bool = True, floor: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Eq. 11 per example (and channel), and which blocks are uninformative.
 
-    Eq. 11 of the GxSI paper, :math:`m = (A - \min A) / (\max A - \min A)`,
-    with the minimum and maximum taken per example and, for inputs with a
-    channel dimension (``(N, C, ...)`` with at least one dimension after
-    ``C``), per channel over the remaining dimensions. 2-D inputs ``(N, D)``
-    (tabular features) are one channel: normalised over the ``D`` features.
-    With ``per_channel=False`` every example is normalised over all its
-    features. A map whose spread is zero, or below float rounding noise
-    (16 ulps of its magnitude), gives a mask of zeros.
-
-    Returns a tensor shaped like ``attributions`` with values in [0, 1].
+    Returns ``(mask, flat_flags)``: the min-max normalised map shaped like
+    ``attributions`` (0 in uninformative blocks), and a boolean ``(N, G)``
+    tensor, True for the blocks (examples, or example-channels) whose spread
+    is zero or at rounding level: at most ``16`` ulps of the block's
+    magnitude, or at most ``floor[n]`` (an absolute spread per example).
     """
     if attributions.dim() < 2:
         raise ValueError(
@@ -55,11 +61,40 @@ def _minmax_mask(attributions: Tensor, per_channel: bool = True) -> Tensor:
         ulp = torch.finfo(flat.dtype).eps
         magnitude = torch.maximum(lo.abs(), hi.abs())
         constant = spread <= _CONSTANT_ULPS * ulp * magnitude
+        if floor is not None:
+            constant = constant | (spread <= floor.to(spread).view(-1, 1, 1))
     else:  # pragma: no cover - attributions are floating point in practice
         constant = spread == 0
     safe = torch.where(constant, torch.ones_like(spread), spread)
     mask = ((flat - lo) / safe).masked_fill(constant, 0.0).clamp(0.0, 1.0)
-    return mask.reshape(attributions.shape)
+    return mask.reshape(attributions.shape), constant.flatten(1)
+
+
+def _minmax_mask(attributions: Tensor, per_channel: bool = True) -> Tensor:
+    r"""Min-max normalise an attribution map per example (and per channel).
+
+    Eq. 11 of the GxSI paper, :math:`m = (A - \min A) / (\max A - \min A)`,
+    with the minimum and maximum taken per example and, for inputs with a
+    channel dimension (``(N, C, ...)`` with at least one dimension after
+    ``C``), per channel over the remaining dimensions. 2-D inputs ``(N, D)``
+    (tabular features) are one channel: normalised over the ``D`` features.
+    With ``per_channel=False`` every example is normalised over all its
+    features. A map whose spread is zero, or below float rounding noise
+    (16 ulps of its magnitude), gives zeros (for display; the recursive mask
+    uses 1 there, see :class:`RecursiveMaskAttribution`).
+
+    Returns a tensor shaped like ``attributions`` with values in [0, 1].
+    """
+    return _minmax_parts(attributions, per_channel)[0]
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    """Whether two forward functions are the same model (or its bound forward)."""
+    if a is b:
+        return True
+    if isinstance(a, MethodType) and isinstance(b, MethodType):
+        return a == b
+    return getattr(a, "__self__", None) is b or getattr(b, "__self__", None) is a
 
 
 class RecursiveMaskAttribution(GradientAttribution):
@@ -90,9 +125,27 @@ class RecursiveMaskAttribution(GradientAttribution):
     the remaining dimensions for inputs laid out ``(N, C, ...)`` like PyTorch
     convolutions (images: over height and width); 2-D inputs ``(N, D)``
     (tabular data) form a single channel and are normalised over their ``D``
-    features; each tensor of a tuple input is normalised on its own. A
-    constant map (zero spread, or a spread below float rounding noise) gives
-    a zero mask. The mask is detached: it carries no gradient.
+    features; each tensor of a tuple input is normalised on its own. The
+    mask is detached: it carries no gradient.
+
+    **Noise floor.** Min-max normalisation stretches any map to [0, 1], also
+    one that is only rounding noise (for example from a model whose output
+    does not depend on the input), and the stretched noise depends on the
+    batch the example sits in. A block (example, or example-channel) whose
+    spread :math:`\max A - \min A` is at most 16 float ulps of the block's
+    magnitude :math:`\max |A|`, or at most 16 ulps of the model's output
+    :math:`|f_k(x)|` for that example (this compares like with like for
+    maps in output units, such as GxSI, Gradient * Input and IG; the output
+    is taken from the wrapped method's own forward pass on the unmasked
+    inputs when it makes one, as gradient methods do, else from one extra
+    forward pass per call), carries no
+    information: its mask factor is **1** at that iteration (the running mask
+    of the block is left unchanged, the neutral element of the product), and
+    a warning names the examples. Constant maps are covered by the same
+    rule. The decision is per example (for a model with one output per
+    example; a model returning one value for the whole batch is scaled by its
+    largest entry), so a batch gives the same masks as its examples one at a
+    time.
 
     Every example is processed in the same batched call of the wrapped method
     per iteration (no per-example loop), so the cost is ``n_iterations``
@@ -152,6 +205,15 @@ class RecursiveMaskAttribution(GradientAttribution):
                 f"and neuron methods ({cls.__name__}) return maps that cannot "
                 "mask the inputs."
             )
+        if not is_class:
+            own = getattr(attribution_method, "forward_func", None)
+            if own is not None and not _same_model(own, forward_func):
+                raise ValueError(
+                    "`attribution_method` was built on a different forward "
+                    f"function or model ({_name(own)}) than `forward_func` "
+                    f"({_name(forward_func)}): the masks would explain that other "
+                    "model. Build the instance on `forward_func`, or pass the class."
+                )
         method = (
             attribution_method(forward_func)
             if isinstance(attribution_method, type)
@@ -168,6 +230,7 @@ class RecursiveMaskAttribution(GradientAttribution):
         n_iterations: int = 3,
         return_all_masks: bool = False,
         per_channel: bool = True,
+        show_progress: bool = False,
         **attribution_kwargs: Any,
     ) -> TensorOrTupleOfTensorsGeneric:
         r"""Compute the recursive attribution mask :math:`m^*`.
@@ -195,6 +258,9 @@ class RecursiveMaskAttribution(GradientAttribution):
                 with three or more dimensions, as the paper does for images;
                 False normalises each example over all its features.
                 Default: True.
+            show_progress (bool): Show a progress bar over the iterations
+                (Captum's ``tqdm`` bar, on stderr). It is this method's own
+                argument, not passed to the wrapped method. Default: False.
             **attribution_kwargs (Any): Passed unchanged to the wrapped
                 method's ``attribute`` at every iteration (e.g. ``baselines``,
                 ``n_steps``, ``internal_batch_size`` for Integrated Gradients,
@@ -220,6 +286,7 @@ class RecursiveMaskAttribution(GradientAttribution):
         for name, flag in (
             ("return_all_masks", return_all_masks),
             ("per_channel", per_channel),
+            ("show_progress", show_progress),
         ):
             if not isinstance(flag, bool):
                 raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}.")
@@ -237,25 +304,51 @@ class RecursiveMaskAttribution(GradientAttribution):
                 )
 
         originals = tuple(x.detach() for x in inputs_tuple)
+        floor: Tensor | None = None
         masks: tuple[Tensor, ...] | None = None
         history: list[tuple[Tensor, ...]] = []
-        for _ in range(n_iterations):
+        flagged: set[int] = set()
+        for _ in progress(
+            range(n_iterations),
+            desc="RecursiveMaskAttribution",
+            total=n_iterations,
+            disable=not show_progress,
+        ):
             current = (
                 originals
                 if masks is None
                 else tuple(x * m for x, m in zip(originals, masks))
             )
-            attributions = self.attribution_method.attribute(
-                _format_output(is_inputs_tuple, current),
-                target=target,
-                additional_forward_args=additional_forward_args,
-                **attribution_kwargs,
+            with self._capture_output(originals if masks is None else None) as seen:
+                attributions = self.attribution_method.attribute(
+                    _format_output(is_inputs_tuple, current),
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    **attribution_kwargs,
+                )
+            if masks is None:
+                floor = self._output_floor(
+                    originals, target, additional_forward_args, seen
+                )
+            step = self._masks_from(
+                attributions, originals, per_channel, floor, flagged
             )
-            step = self._masks_from(attributions, originals, per_channel)
             masks = step if masks is None else tuple(m * s for m, s in zip(masks, step))
             if return_all_masks:
                 history.append(masks)
         assert masks is not None
+        if flagged:
+            examples = sorted(flagged)
+            warnings.warn(
+                "RecursiveMaskAttribution: the map of `attribution_method` is at "
+                "float rounding level (spread within 16 ulps of its magnitude or "
+                f"of the model output) for examples {examples[:10]}"
+                + (" ..." if len(examples) > 10 else "")
+                + "; their mask factor is 1 at those iterations. Check that the "
+                "model's output depends on `inputs`.",
+                UserWarning,
+                stacklevel=3,  # the caller of attribute (past log_usage)
+            )
         result = (
             tuple(torch.stack([h[j] for h in history]) for j in range(len(masks)))
             if return_all_masks
@@ -265,8 +358,70 @@ class RecursiveMaskAttribution(GradientAttribution):
             TensorOrTupleOfTensorsGeneric, _format_output(is_inputs_tuple, result)
         )
 
+    @contextmanager
+    def _capture_output(
+        self, originals: tuple[Tensor, ...] | None
+    ) -> Iterator[list[Tensor]]:
+        """Keep the model's output on ``originals`` if the wrapped method runs it.
+
+        Gradient methods (GxSI, Saliency, Gradient * Input, ...) run the model
+        on the unmasked inputs in the first iteration; a forward hook, removed
+        on exit, keeps that output so the noise floor needs no pass of its own.
+        """
+        seen: list[Tensor] = []
+        model = self.forward_func
+        if originals is None or not isinstance(model, nn.Module):
+            yield seen
+            return
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if seen or not isinstance(output, Tensor) or len(args) < len(originals):
+                return
+            for a, x in zip(args, originals):
+                if not (
+                    isinstance(a, Tensor)
+                    and a.shape == x.shape
+                    and a.dtype == x.dtype
+                    and torch.equal(a.detach(), x)
+                ):
+                    return
+            seen.append(output.detach())
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    def _output_floor(
+        self,
+        inputs: tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        seen: list[Tensor],
+    ) -> Tensor | None:
+        """Per-example spread below which a map is rounding noise of the output."""
+        if seen:
+            out: Any = _select_targets(seen[0], target)
+        else:
+            with torch.no_grad():
+                out = _run_forward(
+                    self.forward_func, inputs, target, additional_forward_args
+                )
+        if not isinstance(out, Tensor) or not out.is_floating_point():
+            return None
+        n = inputs[0].shape[0]
+        scale = out.detach().abs()
+        scale = scale.reshape(n) if scale.numel() == n else scale.max().expand(n)
+        return _CONSTANT_ULPS * torch.finfo(out.dtype).eps * scale
+
     def _masks_from(
-        self, attributions: Any, originals: tuple[Tensor, ...], per_channel: bool
+        self,
+        attributions: Any,
+        originals: tuple[Tensor, ...],
+        per_channel: bool,
+        floor: Tensor | None,
+        flagged: set[int],
     ) -> tuple[Tensor, ...]:
         attr_tuple = _format_tensor_into_tuples(attributions)
         if len(attr_tuple) != len(originals):
@@ -283,7 +438,15 @@ class RecursiveMaskAttribution(GradientAttribution):
                     f"its inputs; got {shape} for an input of shape "
                     f"{tuple(x.shape)}."
                 )
-            out.append(_minmax_mask(a.detach(), per_channel).to(x.dtype))
+            mask, constant = _minmax_parts(a.detach(), per_channel, floor)
+            if bool(constant.any()):
+                flagged.update(torch.nonzero(constant.any(1)).flatten().tolist())
+                if per_channel and a.dim() >= 3:
+                    view = constant.view(*constant.shape, *([1] * (a.dim() - 2)))
+                else:
+                    view = constant.view(-1, *([1] * (a.dim() - 1)))
+                mask = mask.masked_fill(view, 1.0)
+            out.append(mask.to(x.dtype))
         return tuple(out)
 
     def attribute_future(self) -> None:
@@ -291,3 +454,7 @@ class RecursiveMaskAttribution(GradientAttribution):
         raise NotImplementedError(
             "attribute_future is not implemented for RecursiveMaskAttribution"
         )
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__

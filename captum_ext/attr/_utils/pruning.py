@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,11 +47,19 @@ def neuron_ranking(scores: Tensor, descending: bool = True) -> Tensor:
 
 
 def _n_pruned(amount: Any, n: int) -> int:
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+    # NumPy scalars count like Python ones: np.float64 subclasses float, and
+    # np.int64 (from arithmetic on arrays, or an argmax) is an integer too.
+    if isinstance(amount, (bool, np.bool_)) or not isinstance(
+        amount, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(
             "`amount` must be a float fraction in [0, 1] or an int number of "
             f"neurons, got {type(amount).__name__}."
         )
+    if isinstance(amount, np.integer):
+        amount = int(amount)
+    elif isinstance(amount, np.floating):
+        amount = float(amount)
     if isinstance(amount, float):
         if not 0.0 <= amount <= 1.0:
             raise ValueError(f"`amount` as a fraction must be in [0, 1], got {amount}.")

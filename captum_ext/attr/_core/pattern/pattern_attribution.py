@@ -117,6 +117,7 @@ class PatternNet(_StartFromOutput):
     """
 
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
+        """Takes ``model`` and ``patterns`` (see above), not a ``forward_func``."""
         _PatternAttributionBase.__init__(self, model, patterns)
 
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
@@ -166,6 +167,7 @@ class PatternAttribution(_StartFromOutput):
     """
 
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
+        """Takes ``model`` and ``patterns`` (see above), not a ``forward_func``."""
         _PatternAttributionBase.__init__(self, model, patterns)
 
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
