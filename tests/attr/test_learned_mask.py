@@ -239,7 +239,8 @@ def test_callable_pool_and_constant_fill() -> None:
     got = lm.attribute(
         x, target=0, distractors=zeros, n_distractors=3, n_iter=5, generator=gen
     )
-    assert calls == [(6, gen)] * 5  # one draw of bsz * n_distractors per step
+    # one draw of n_distractors per step, shared by both examples
+    assert calls == [(3, gen)] * 5
     grey = lm.attribute(
         x,
         target=0,
@@ -472,7 +473,8 @@ def test_reproduction_tv_trades_completeness_for_soundness_on_digits() -> None:
 
 
 def test_mean_log_loss_is_the_papers_expectation_outside_the_log() -> None:
-    """loss="mean_log" = E[-log p] (eq. 5-6); "log_mean" = -log E[p] (DESIGN)."""
+    """loss="mean_log" = E[-log p] (eq. 5-6); "log_mean" = -log E[p] (the
+    average probability of appendix A under footnote 11's negative log)."""
     torch.manual_seed(0)
     model = _small_cnn(torch.float64)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
