@@ -759,7 +759,8 @@ def _check_probabilities(scores: Any, n_points: int) -> None:
         )
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("`probability_fn` returned non-finite values (NaN or inf).")
-    lo, hi = float(scores.min()), float(scores.max())
+    lo_t, hi_t = torch.aminmax(scores.detach())
+    lo, hi = float(lo_t), float(hi_t)
     if lo < 0 or hi > 1 + 1e-6:
         raise ValueError(
             "`probability_fn` must return probabilities in [0, 1]; got values "
