@@ -59,14 +59,16 @@ class LearnedMask(GradientAttribution):
     over all pairs of vertical and horizontal neighbours (``tv_power``
     :math:`q`, 2 by default, the squared differences of the authors' code).
     ``tv_variant="authors"`` reproduces the total variation of the authors'
-    code (github.com/agup/soundness_saliency, ``batch_mask_Kcert_TV``), which
-    takes both differences only from the pixels with :math:`i < H-1` and
-    :math:`j < W-1` and so leaves out the :math:`H-1` vertical differences
-    in the last column and the :math:`W-1` horizontal differences in the last
-    row: :math:`2(H-1)(W-1)` of the :math:`2HW-H-W` neighbour pairs (1458 of
-    1512 on a 28x28 mask). The expectation is estimated with ``n_distractors``
-    distractors drawn with replacement at every step. :math:`W` starts at
-    zero (mask 0.5) and is optimised with Adam (:math:`\beta = (0.9, 0.999)`,
+    code (https://github.com/agup/soundness_saliency,
+    ``batch_mask_Kcert_TV``), which takes both differences only from the
+    pixels with :math:`i < H-1` and :math:`j < W-1` and so leaves out the
+    :math:`H-1` vertical differences in the last column and the :math:`W-1`
+    horizontal differences in the last row: it sums :math:`2(H-1)(W-1)` of
+    the :math:`2HW-H-W` neighbour pairs (1458 of 1512 on a 28x28 mask).
+
+    The expectation is estimated with ``n_distractors`` distractors drawn
+    with replacement at every step. :math:`W` starts at zero (mask 0.5) and
+    is optimised with Adam (:math:`\beta = (0.9, 0.999)`,
     :math:`\epsilon = 10^{-8}`, the defaults of :class:`torch.optim.Adam`).
 
     By default the loss is the negative log of the *distractor-averaged*
@@ -83,14 +85,18 @@ class LearnedMask(GradientAttribution):
     n_distractors`` images (in chunks of ``internal_batch_size``). At each
     step *one* set of ``n_distractors`` distractors is drawn (pool indices
     from ``generator``, or one call of a callable pool) and used for every
-    example of the batch. Each example's loss depends only on its own mask
-    and the batch's losses are summed (not averaged), so each example's
-    gradient does not depend on the batch size; Adam's update is
+    example of the batch (each example still sees ``n_distractors``
+    independent draws per step, as in the paper; only their sharing across
+    the batch is a choice of ours). Each example's loss depends only on its
+    own mask and the batch's losses are summed (not averaged), so each
+    example's gradient does not depend on the batch size; Adam's update is
     element-wise, and early stopping is decided per example. An example's
     mask is therefore the same (to float rounding) whether it is attributed
     alone or anywhere in a batch, given the same ``generator`` state. (The
-    authors' code draws separate distractors for each example and divides
-    the loss by the batch size, so their masks depend on the batch.)
+    authors' code draws separate distractors for each example from one random
+    stream, so an example's draws depend on its position in the batch; it
+    also divides the loss by the batch size, which changes Adam's steps only
+    through :math:`\epsilon`.)
 
     Gradients are taken with respect to the mask parameters only
     (:func:`torch.autograd.grad`): the model's parameters keep their
@@ -478,6 +484,18 @@ def _objective(sums: Tensor, n_d: int, loss_kind: str, probabilities: bool) -> T
     return -(torch.logsumexp(sums, dim=1) - math.log(n_d))
 
 
+def _one_chunk_objective(
+    sums: Tensor, n_d: int, loss_kind: str, probabilities: bool
+) -> Tensor:
+    """:func:`_objective` for a single chunk ``(n,)``, in fewer operations."""
+    if loss_kind == "mean_log":
+        return -sums / n_d
+    if probabilities:
+        tiny = torch.finfo(sums.dtype).tiny
+        return -(sums / n_d).clamp_min(tiny).log()
+    return math.log(n_d) - sums
+
+
 def _optimise(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
@@ -564,7 +582,6 @@ def _optimise(
                 if internal_batch_size is None
                 else max(1, internal_batch_size // n_rows)
             )
-            finite: list[Tensor] = []
             if per_pass >= n_d:
                 sums = _chunk_sums(
                     forward_func,
@@ -579,10 +596,9 @@ def _optimise(
                     loss_kind,
                     tiny,
                     checked,
-                    finite,
                 )
                 checked = True
-                losses = _objective(sums[:, None], n_d, loss_kind, probabilities)
+                losses = _one_chunk_objective(sums, n_d, loss_kind, probabilities)
                 losses = losses + penalty
                 grads = list(torch.autograd.grad(losses.sum(), leaves))
             else:
@@ -608,7 +624,6 @@ def _optimise(
                         loss_kind,
                         tiny,
                         checked,
-                        finite,
                     )
                     checked = True
                     chunk_grads.append(torch.autograd.grad(s.sum(), m_det))
@@ -631,10 +646,13 @@ def _optimise(
                 grads = list(torch.autograd.grad(outs, leaves, grad_outs))
                 losses = data.detach() + penalty.detach()
             losses = losses.detach()
-            finite.append(torch.isfinite(losses).all())
-            finite.extend(torch.isfinite(g).all() for g in grads)
-            if not bool(torch.stack(finite).all()):
-                _raise_non_finite(finite, losses, grads, rows, it)
+            # one host sync: a NaN or inf anywhere makes the sum non-finite
+            # (a non-finite output or probability makes the loss non-finite)
+            total = losses.sum()
+            for g in grads:
+                total = total + g.sum()
+            if not math.isfinite(float(total)):
+                _raise_non_finite(losses, grads, rows, it)
             _adam_step(weights, grads, exp_avg, exp_avg_sq, it + 1, rows, lr)
             history[it, rows] = losses
             if show_progress and hasattr(bar, "set_postfix"):
@@ -685,13 +703,10 @@ def _chunk_sums(
     loss_kind: str,
     tiny: float,
     checked: bool,
-    finite: list[Tensor],
 ) -> Tensor:
     """One forward pass over examples ``rows`` x the draws ``drawn``.
 
-    Returns each example's sum over these draws (see :func:`_objective`);
-    appends to ``finite`` a flag that the model's outputs (and probabilities)
-    are finite.
+    Returns each example's sum over these draws (see :func:`_objective`).
     """
     n_ex, k = rows.numel(), drawn[0].shape[0]
     masked = []
@@ -704,7 +719,6 @@ def _chunk_sums(
     out = run_forward_checked(
         forward_func, tuple(masked), None, index_forward_args(afa, point_rows, bsz)
     )
-    finite.append(torch.isfinite(out).all())
     row_target = target_for_rows(target, point_rows, bsz)
     if probability_fn is None:
         if out.dim() < 2:
@@ -717,7 +731,6 @@ def _chunk_sums(
         scores = probability_fn(out)
         if not checked:
             _check_probabilities(scores, n_ex * k)
-        finite.append(torch.isfinite(scores).all())
     if not checked:
         check_target_in_range(scores, row_target)
     selected = _select_targets(scores, row_target)
@@ -769,24 +782,25 @@ def _check_probabilities(scores: Any, n_points: int) -> None:
 
 
 def _raise_non_finite(
-    finite: list[Tensor], losses: Tensor, grads: list[Tensor], rows: Tensor, it: int
+    losses: Tensor, grads: list[Tensor], rows: Tensor, it: int
 ) -> None:
     """Say which quantity of step ``it`` stopped being finite, and for whom."""
-    n_out = len(finite) - 1 - len(grads)
-    if not bool(torch.stack(finite[:n_out]).all()):
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        # the penalty is finite while the mask is, so the outputs were not
         raise ValueError(
             f"LearnedMask: at step {it} `forward_func` (or `probability_fn`) "
-            "returned non-finite (NaN or inf) values for masked inputs; the masks "
-            "would be NaN. Check the model and its inputs."
+            "returned non-finite (NaN or inf) values for the masked inputs of "
+            f"example(s) {rows[bad].tolist()}; the masks would be NaN. Check the "
+            "model and its inputs."
         )
-    bad = ~torch.isfinite(losses)
     for g in grads:
         bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
     examples = rows[bad].tolist()
     raise ValueError(
-        f"LearnedMask: at step {it} the loss or its gradient with respect to the "
+        f"LearnedMask: at step {it} the gradient of the loss with respect to the "
         f"mask became non-finite for example(s) {examples}: `forward_func`'s "
-        "gradient is not finite at the masked inputs (or `lr` is too large)."
+        "gradient is not finite at the masked inputs."
     )
 
 
