@@ -192,4 +192,28 @@ CASES: list[ContractCase] = [
         has_internal_batch_size=True,
         atol=1e-5,
     ),
+    # LearnedMask with sampled distractors (2 of 5 per step): one draw per step
+    # is shared by the whole batch, so with a freshly seeded generator for
+    # every call a batch equals one-at-a-time calls. Not under sensitivity_max,
+    # which passes the same generator object to consecutive calls (its state
+    # moves on, so the draws differ by design); the case above covers it.
+    ContractCase(
+        LearnedMask,
+        kwargs=lambda ctx: {
+            "distractors": torch.randn(
+                5,
+                *ctx.inputs.shape[1:],  # type: ignore[union-attr]
+                generator=torch.Generator().manual_seed(1),
+            ),
+            "n_distractors": 2,
+            "generator": torch.Generator().manual_seed(2),
+            "n_iter": 8,
+            "lr": 0.1,
+        },
+        fixtures=("cnn",),
+        has_internal_batch_size=True,
+        sensitivity=False,
+        atol=1e-5,
+        label="LearnedMask-sampled",
+    ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
@@ -39,7 +40,8 @@ class LearnedMask(GradientAttribution):
 
     The mask-learning procedure of Gupta et al., "New Definitions and
     Evaluations for Saliency Methods: Staying Intrinsic, Complete and Sound"
-    (NeurIPS 2022, appendix A, eq. 6). For each example a mask
+    (NeurIPS 2022, appendix A, eq. 6; https://openreview.net/forum?id=opw858PBJl6).
+    For each example a mask
     :math:`M = \sigma(W)` is learned at resolution
     :math:`\lceil H/s \rceil \times \lceil W/s \rceil`, bilinearly upsampled to
     :math:`M^{\times s}` (``align_corners=False``), and the part of the image it
@@ -54,27 +56,47 @@ class LearnedMask(GradientAttribution):
         + \lambda_{TV}\, TV(M^{\times s}) + \lambda_1 \lVert M^{\times s} \rVert_1,
 
     with :math:`TV(M) = \sum_{i,j} |M_{i+1,j} - M_{i,j}|^q + |M_{i,j+1} - M_{i,j}|^q`
-    (``tv_power`` :math:`q`, 2 by default as in the authors' code) and the
-    expectation estimated with ``n_distractors`` distractors drawn with
-    replacement per example at every step. :math:`W` starts at zero (mask 0.5)
-    and is optimised with Adam (:math:`\beta = (0.9, 0.999)`,
+    over all pairs of vertical and horizontal neighbours (``tv_power``
+    :math:`q`, 2 by default, the squared differences of the authors' code).
+    ``tv_variant="authors"`` reproduces the total variation of the authors'
+    code (https://github.com/agup/soundness_saliency,
+    ``batch_mask_Kcert_TV``), which takes both differences only from the
+    pixels with :math:`i < H-1` and :math:`j < W-1` and so leaves out the
+    :math:`H-1` vertical differences in the last column and the :math:`W-1`
+    horizontal differences in the last row: it sums :math:`2(H-1)(W-1)` of
+    the :math:`2HW-H-W` neighbour pairs (1458 of 1512 on a 28x28 mask).
+
+    The expectation is estimated with ``n_distractors`` distractors drawn
+    with replacement at every step. :math:`W` starts at zero (mask 0.5) and
+    is optimised with Adam (:math:`\beta = (0.9, 0.999)`,
     :math:`\epsilon = 10^{-8}`, the defaults of :class:`torch.optim.Adam`).
 
     By default the loss is the negative log of the *distractor-averaged*
-    probability, as above (the objective captum-ext's design specifies). Eq.
-    5-6 of the paper write the expectation outside the log,
+    probability, as above: appendix A's aim of making the average probability
+    :math:`\mathbb{E}_{\bar x}[p_a]` high, through the negative log of its
+    footnote 11. Eq. 5-6 of the paper write the expectation outside the log,
     :math:`\mathbb{E}_{\bar x}[-\log p_a(\cdot)]`; ``loss="mean_log"``
     optimises that form (the two differ by Jensen's gap). The authors' code
     does neither: it applies a cross-entropy loss to the averaged
     probabilities, treating them as logits.
 
-    All examples of a batch are optimised together: every step runs one
-    forward and one backward pass over ``batch x n_distractors`` images (in
-    chunks of ``internal_batch_size``). Each example's loss depends only on its
-    own mask, and Adam's update is element-wise, so an example's mask does not
-    depend on the other examples except through the distractors drawn for it
-    (pass ``n_distractors=None`` to use the whole pool at every step, which
-    makes the result deterministic and batch-independent).
+    **Batch independence.** All examples of a batch are optimised together:
+    every step runs one forward and one backward pass over ``batch x
+    n_distractors`` images (in chunks of ``internal_batch_size``). At each
+    step *one* set of ``n_distractors`` distractors is drawn (pool indices
+    from ``generator``, or one call of a callable pool) and used for every
+    example of the batch (each example still sees ``n_distractors``
+    independent draws per step, as in the paper; only their sharing across
+    the batch is a choice of ours). Each example's loss depends only on its
+    own mask and the batch's losses are summed (not averaged), so each
+    example's gradient does not depend on the batch size; Adam's update is
+    element-wise, and early stopping is decided per example. An example's
+    mask is therefore the same (to float rounding) whether it is attributed
+    alone or anywhere in a batch, given the same ``generator`` state. (The
+    authors' code draws separate distractors for each example from one random
+    stream, so an example's draws depend on its position in the batch; it
+    also divides the loss by the batch size, which changes Adam's steps only
+    through :math:`\epsilon`.)
 
     Gradients are taken with respect to the mask parameters only
     (:func:`torch.autograd.grad`): the model's parameters keep their
@@ -114,6 +136,7 @@ class LearnedMask(GradientAttribution):
         l1_coeff: float = 2e-5,
         tv_coeff: float = 0.01,
         tv_power: int = 2,
+        tv_variant: Literal["full", "authors"] = "full",
         upsample: int = 1,
         show_progress: bool = False,
         generator: torch.Generator | None = None,
@@ -140,16 +163,19 @@ class LearnedMask(GradientAttribution):
                 K images shaped like one example (a tuple of such tensors, with
                 a common K, for tuple inputs), or a callable
                 ``(n, generator) -> Tensor`` returning ``n`` distractor images
-                (or a tuple) at each step. Use a pool of one constant image for
-                a grey fill.
+                ``(n, C, H, W)`` (or a tuple), called once per step with
+                ``n = n_distractors``; the images it returns are used for
+                every example of the batch. Use a pool of one constant image
+                for a grey fill. Must be finite.
             additional_forward_args (Any, optional): Extra arguments passed to
                 ``forward_func`` after the inputs; per-example tensors are
                 repeated for each distractor. Default: None.
-            n_distractors (int or None, optional): Distractors per example and
-                step, drawn with replacement from the pool (or produced by the
-                callable). None: use every image of the pool at every step
-                (the exact expectation over the pool; deterministic).
-                Default: 10.
+            n_distractors (int or None, optional): Distractors per step, drawn
+                with replacement from the pool (or produced by the callable)
+                once per step and shared by every example of the batch, so
+                that an example's mask does not depend on the batch. None:
+                use every image of the pool at every step (the exact
+                expectation over the pool; deterministic). Default: 10.
             n_iter (int, optional): Adam steps. Default: 2000 (the paper's).
             lr (float, optional): Adam learning rate. Default: 0.05.
             l1_coeff (float, optional): :math:`\lambda_1`, weight of the sum of
@@ -158,6 +184,11 @@ class LearnedMask(GradientAttribution):
                 total variation of the upsampled mask. Default: 0.01.
             tv_power (int, optional): 1 (absolute) or 2 (squared neighbour
                 differences, the authors' choice). Default: 2.
+            tv_variant (str, optional): ``"full"``: the sum over every pair
+                of vertical and horizontal neighbours. ``"authors"``: the sum
+                of the authors' code, which leaves out the last column's
+                vertical and the last row's horizontal differences (see
+                above). Default: ``"full"``.
             upsample (int, optional): Scale factor :math:`s`: the mask is
                 learned at ``(ceil(H/s), ceil(W/s))`` and upsampled
                 bilinearly. Default: 1.
@@ -177,17 +208,21 @@ class LearnedMask(GradientAttribution):
                 None (run all ``n_iter`` steps).
             early_stop_tol (float, optional): Relative improvement that resets
                 the patience counter. Default: 1e-4.
-            internal_batch_size (int, optional): Most images (examples times
-                distractors) per forward pass; an example's distractors are
-                never split across passes, so a pass holds at least one
-                example. Results are equal to the unchunked call. Default:
-                None (all at once).
+            internal_batch_size (int, optional): As in Captum: the number of
+                masked images per forward pass, made of whole distractor
+                draws (Captum's "steps") for every example still optimising,
+                ``internal_batch_size // examples`` draws per pass (at least
+                one, with Captum's warning when ``internal_batch_size`` is
+                below the number of examples). The chunks' gradients are
+                combined exactly, so results equal the unchunked call (to
+                float rounding). Default: None (all at once).
             return_loss_history (bool, optional): Also return the per-example
                 loss at every step. Default: False.
             loss (str, optional): ``"log_mean"``: :math:`-\log
                 \mathbb{E}_{\bar x}[p_a]`, the negative log of the
-                distractor-averaged probability (DESIGN's objective; smooth
-                when single distractors give tiny probabilities);
+                distractor-averaged probability (appendix A: make the
+                average probability high; smooth when single distractors
+                give tiny probabilities);
                 ``"mean_log"``: :math:`\mathbb{E}_{\bar x}[-\log p_a]`, the
                 expectation outside the log as written in eq. 5-6 of the
                 paper. The two differ by Jensen's gap. Default: ``"log_mean"``.
@@ -210,17 +245,32 @@ class LearnedMask(GradientAttribution):
             ...     return_loss_history=True,
             ... )
             >>> kept = masks >= masks.flatten(1).quantile(0.7, dim=1).view(-1, 1, 1, 1)
+
+        Raises:
+            ValueError: Before any forward pass for an empty batch, inputs or
+                a distractor pool with NaN or inf values, and bad knob values;
+                on the first pass when ``probability_fn`` does not return
+                finite probabilities in [0, 1]; and as soon as the model's
+                outputs or the gradient with respect to a mask stop being
+                finite (the masks would be NaN).
         """
         is_inputs_tuple, inputs_tuple = format_inputs(inputs)
         bsz = inputs_tuple[0].shape[0]
-        validate_target(target, bsz)
+        if bsz == 0:
+            raise ValueError(
+                "`inputs` is an empty batch (dimension 0 has size 0); "
+                "LearnedMask needs at least one example."
+            )
         for i, x in enumerate(inputs_tuple):
+            label = f"inputs[{i}]" if is_inputs_tuple else "inputs"
             if x.dim() != 4:
-                label = f"inputs[{i}]" if is_inputs_tuple else "inputs"
                 raise ValueError(
                     f"`{label}` must be images (N, C, H, W); got shape "
                     f"{tuple(x.shape)}."
                 )
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"`{label}` contains non-finite values (NaN or inf).")
+        validate_target(target, bsz)
         pool = _check_distractors(distractors, inputs_tuple, is_inputs_tuple)
         if n_distractors is None:
             if pool is None:
@@ -240,6 +290,10 @@ class LearnedMask(GradientAttribution):
         _check_nonneg_float(early_stop_tol, "early_stop_tol")
         if tv_power not in (1, 2) or isinstance(tv_power, bool):
             raise ValueError(f"`tv_power` must be 1 or 2, got {tv_power!r}.")
+        if tv_variant not in ("full", "authors"):
+            raise ValueError(
+                f"`tv_variant` must be 'full' or 'authors', got {tv_variant!r}."
+            )
         check_generator(generator)
         if probability_fn is not None and not callable(probability_fn):
             raise TypeError("`probability_fn` must be callable or None.")
@@ -260,6 +314,7 @@ class LearnedMask(GradientAttribution):
                 l1_coeff,
                 tv_coeff,
                 tv_power,
+                tv_variant,
                 upsample,
                 show_progress,
                 generator,
@@ -329,6 +384,8 @@ def _check_distractors(
             raise ValueError(f"`{label}` is an empty pool.")
         if not d.is_floating_point():
             raise TypeError(f"`{label}` must be floating point, got {d.dtype}.")
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError(f"`{label}` contains non-finite values (NaN or inf).")
         sizes.add(d.shape[0])
     if len(sizes) > 1:
         raise ValueError(
@@ -338,56 +395,24 @@ def _check_distractors(
     return tuple(d.detach().to(x.device, x.dtype) for d, x in zip(pool, inputs))
 
 
-class _Drawn:
-    """One step's distractors, gathered for a chunk of examples on demand.
-
-    From a pool only the indices ``(bsz, D)`` are drawn per step; the images
-    of a chunk are gathered when the chunk is evaluated, so a step never holds
-    ``bsz x D`` distractor images beyond the current chunk's.
-    """
-
-    def __init__(
-        self,
-        pool: tuple[Tensor, ...] | None = None,
-        idx: Tensor | None = None,
-        images: tuple[Tensor, ...] | None = None,
-    ) -> None:
-        self.pool, self.idx, self.images = pool, idx, images
-
-    def take(self, ex: Tensor) -> tuple[Tensor, ...]:
-        """Distractors of examples ``ex``, each ``(len(ex), D, C, H, W)``."""
-        if self.images is not None:
-            return tuple(d[ex.to(d.device)] for d in self.images)
-        assert self.pool is not None
-        if self.idx is None:
-            n = ex.numel()
-            return tuple(d.unsqueeze(0).expand(n, *d.shape) for d in self.pool)
-        return tuple(
-            d[self.idx[ex.to(self.idx.device)].to(d.device)] for d in self.pool
-        )
-
-
 def _draw(
     pool: tuple[Tensor, ...] | None,
     fn: Any,
-    bsz: int,
     n_distractors: int | None,
     inputs: tuple[Tensor, ...],
     generator: torch.Generator | None,
-) -> _Drawn:
-    """Distractors for one step (``(bsz, D, C, H, W)`` once gathered)."""
+) -> tuple[Tensor, ...]:
+    """One step's distractors ``(D, C, H, W)``, shared by every example."""
     if pool is not None:
-        k = pool[0].shape[0]
         if n_distractors is None:
-            return _Drawn(pool=pool)
+            return pool
         gen_device = generator.device if generator is not None else "cpu"
         idx = torch.randint(
-            k, (bsz, n_distractors), generator=generator, device=gen_device
+            pool[0].shape[0], (n_distractors,), generator=generator, device=gen_device
         )
-        return _Drawn(pool=pool, idx=idx)
+        return tuple(d[idx.to(d.device)] for d in pool)
     assert n_distractors is not None
-    n = bsz * n_distractors
-    drawn = fn(n, generator)
+    drawn = fn(n_distractors, generator)
     drawn_t = drawn if isinstance(drawn, tuple) else (drawn,)
     if len(drawn_t) != len(inputs):
         raise ValueError(
@@ -396,16 +421,25 @@ def _draw(
         )
     out = []
     for d, x in zip(drawn_t, inputs):
-        if not isinstance(d, Tensor) or tuple(d.shape) != (n, *x.shape[1:]):
+        shape = (n_distractors, *x.shape[1:])
+        if not isinstance(d, Tensor) or tuple(d.shape) != shape:
             got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
             raise ValueError(
-                f"`distractors` callable must return images of shape "
-                f"{(n, *x.shape[1:])} for n={n}; got {got}."
+                f"`distractors` callable must return images of shape {shape} "
+                f"for n={n_distractors}; got {got}."
             )
-        out.append(
-            d.detach().to(x.device, x.dtype).view(bsz, n_distractors, *x.shape[1:])
-        )
-    return _Drawn(images=tuple(out))
+        if not d.is_floating_point():
+            raise TypeError(
+                f"`distractors` callable must return floating point images, got "
+                f"{d.dtype}."
+            )
+        d = d.detach().to(x.device, x.dtype)
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError(
+                "`distractors` callable returned non-finite (NaN or inf) images."
+            )
+        out.append(d)
+    return tuple(out)
 
 
 def _upsampled(w: Tensor, size: tuple[int, int]) -> Tensor:
@@ -415,13 +449,51 @@ def _upsampled(w: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
-def _total_variation(m: Tensor, power: int) -> Tensor:
-    """Per-example TV of ``m`` ``(n, 1, H, W)``."""
-    dh = (m[..., 1:, :] - m[..., :-1, :]).abs()
-    dw = (m[..., :, 1:] - m[..., :, :-1]).abs()
+def _total_variation(m: Tensor, power: int, variant: str = "full") -> Tensor:
+    """Per-example TV of ``m`` ``(n, 1, H, W)``.
+
+    ``"full"``: every pair of vertical and horizontal neighbours. ``"authors"``:
+    both differences taken from the pixels ``(i, j)`` with ``i < H - 1`` and
+    ``j < W - 1`` only, as in the authors' code.
+    """
+    if variant == "authors":
+        corner = m[..., :-1, :-1]
+        dh = (m[..., 1:, :-1] - corner).abs()
+        dw = (m[..., :-1, 1:] - corner).abs()
+    else:
+        dh = (m[..., 1:, :] - m[..., :-1, :]).abs()
+        dw = (m[..., :, 1:] - m[..., :, :-1]).abs()
     if power == 2:
         dh, dw = dh * dh, dw * dw
     return dh.flatten(1).sum(1) + dw.flatten(1).sum(1)
+
+
+def _objective(sums: Tensor, n_d: int, loss_kind: str, probabilities: bool) -> Tensor:
+    """Per-example data term from per-chunk sums ``(n, n_chunks)``.
+
+    A chunk's sum is, over its distractors, ``logsumexp`` of the log
+    probabilities (default ``log_mean``), the sum of the probabilities
+    (``log_mean`` with ``probability_fn``) or the sum of the log probabilities
+    (``mean_log``). Differentiable, so that autograd gives each chunk's weight.
+    """
+    if loss_kind == "mean_log":
+        return -sums.sum(dim=1) / n_d
+    if probabilities:
+        tiny = torch.finfo(sums.dtype).tiny
+        return -(sums.sum(dim=1) / n_d).clamp_min(tiny).log()
+    return -(torch.logsumexp(sums, dim=1) - math.log(n_d))
+
+
+def _one_chunk_objective(
+    sums: Tensor, n_d: int, loss_kind: str, probabilities: bool
+) -> Tensor:
+    """:func:`_objective` for a single chunk ``(n,)``, in fewer operations."""
+    if loss_kind == "mean_log":
+        return -sums / n_d
+    if probabilities:
+        tiny = torch.finfo(sums.dtype).tiny
+        return -(sums / n_d).clamp_min(tiny).log()
+    return math.log(n_d) - sums
 
 
 def _optimise(
@@ -437,6 +509,7 @@ def _optimise(
     l1_coeff: float,
     tv_coeff: float,
     tv_power: int,
+    tv_variant: str,
     upsample: int,
     show_progress: bool,
     generator: torch.Generator | None,
@@ -472,9 +545,15 @@ def _optimise(
         else n_distractors
     )
     assert n_d is not None
-    per_pass = (
-        bsz if internal_batch_size is None else max(1, internal_batch_size // n_d)
-    )
+    if internal_batch_size is not None and internal_batch_size < bsz:
+        warnings.warn(
+            "Internal batch size cannot be less than the number of input examples. "
+            f"Defaulting to internal batch size of {bsz} equal to the number of "
+            "examples.",
+            stacklevel=3,
+        )
+    probabilities = probability_fn is not None
+    tiny = torch.finfo(inputs[0].dtype).tiny
     checked = False
 
     bar = progress(
@@ -485,40 +564,95 @@ def _optimise(
             # rows still optimising; early stopping only ever switches rows
             # off, so each of them has taken exactly `it` steps so far
             rows = active.nonzero().squeeze(1)
-            if rows.numel() == 0:
+            n_rows = rows.numel()
+            if n_rows == 0:
                 break
-            drawn = _draw(pool, fn, bsz, n_distractors, inputs, generator)
-            grad_parts: list[list[Tensor]] = [[] for _ in weights]
-            loss_parts = []
-            for start in range(0, rows.numel(), per_pass):
-                ex = rows[start : start + per_pass]
-                leaves = [w[ex].detach().requires_grad_(True) for w in weights]
-                loss = _chunk_loss(
+            drawn = _draw(pool, fn, n_distractors, inputs, generator)
+            xs = inputs if n_rows == bsz else tuple(x[rows] for x in inputs)
+            leaves = [
+                (w if n_rows == bsz else w[rows]).detach().requires_grad_(True)
+                for w in weights
+            ]
+            ms = [_upsampled(leaf, size) for leaf, size in zip(leaves, sizes)]
+            penalty = _penalty(ms, l1_coeff, tv_coeff, tv_power, tv_variant)
+            # Captum's internal_batch_size: whole distractor draws ("steps")
+            # for every example, ibs // examples of them per forward pass
+            per_pass = (
+                n_d
+                if internal_batch_size is None
+                else max(1, internal_batch_size // n_rows)
+            )
+            if per_pass >= n_d:
+                sums = _chunk_sums(
                     forward_func,
-                    inputs,
-                    drawn.take(ex),
-                    leaves,
-                    sizes,
-                    ex,
+                    xs,
+                    drawn,
+                    ms,
+                    rows,
                     target,
                     afa,
                     bsz,
-                    n_d,
-                    l1_coeff,
-                    tv_coeff,
-                    tv_power,
                     probability_fn,
-                    checked,
                     loss_kind,
+                    tiny,
+                    checked,
                 )
                 checked = True
-                for part, g in zip(grad_parts, torch.autograd.grad(loss.sum(), leaves)):
-                    part.append(g)
-                loss_parts.append(loss.detach())
-            # the chunks are consecutive slices of `rows`: concatenated, they
-            # are the gradients and losses of `rows`, in order
-            grads = [torch.cat(part) for part in grad_parts]
-            losses = torch.cat(loss_parts)
+                losses = _one_chunk_objective(sums, n_d, loss_kind, probabilities)
+                losses = losses + penalty
+                grads = list(torch.autograd.grad(losses.sum(), leaves))
+            else:
+                # one forward and backward pass per chunk of draws, back to
+                # the (detached) upsampled masks; the chunks' gradients are
+                # combined with the weights the objective gives each chunk
+                # (exactly the unchunked gradient), then taken through the
+                # upsampling once, with the penalty's
+                m_det = [m.detach().requires_grad_(True) for m in ms]
+                chunk_sums, chunk_grads = [], []
+                for start in range(0, n_d, per_pass):
+                    part = tuple(d[start : start + per_pass] for d in drawn)
+                    s = _chunk_sums(
+                        forward_func,
+                        xs,
+                        part,
+                        m_det,
+                        rows,
+                        target,
+                        afa,
+                        bsz,
+                        probability_fn,
+                        loss_kind,
+                        tiny,
+                        checked,
+                    )
+                    checked = True
+                    chunk_grads.append(torch.autograd.grad(s.sum(), m_det))
+                    chunk_sums.append(s.detach())
+                sums = torch.stack(chunk_sums, dim=1).requires_grad_(True)
+                data = _objective(sums, n_d, loss_kind, probabilities)
+                (coef,) = torch.autograd.grad(data.sum(), sums)
+                grad_ms = [
+                    sum(
+                        coef[:, c].view(-1, 1, 1, 1) * g[i]
+                        for c, g in enumerate(chunk_grads)
+                    )
+                    for i in range(len(ms))
+                ]
+                outs: list[Tensor] = list(ms)
+                grad_outs: list[Tensor] = cast(list[Tensor], grad_ms)
+                if penalty.requires_grad:
+                    outs.append(penalty)
+                    grad_outs.append(torch.ones_like(penalty))
+                grads = list(torch.autograd.grad(outs, leaves, grad_outs))
+                losses = data.detach() + penalty.detach()
+            losses = losses.detach()
+            # one host sync: a NaN or inf anywhere makes the sum non-finite
+            # (a non-finite output or probability makes the loss non-finite)
+            total = losses.sum()
+            for g in grads:
+                total = total + g.sum()
+            if not math.isfinite(float(total)):
+                _raise_non_finite(losses, grads, rows, it)
             _adam_step(weights, grads, exp_avg, exp_avg_sq, it + 1, rows, lr)
             history[it, rows] = losses
             if show_progress and hasattr(bar, "set_postfix"):
@@ -543,43 +677,49 @@ def _optimise(
     return masks, history
 
 
-def _chunk_loss(
-    forward_func: Callable[..., Any],
-    inputs: tuple[Tensor, ...],
-    drawn: tuple[Tensor, ...],
-    leaves: list[Tensor],
-    sizes: list[tuple[int, int]],
-    ex: Tensor,
-    target: TargetType,
-    afa: Any,
-    bsz: int,
-    n_d: int,
-    l1_coeff: float,
-    tv_coeff: float,
-    tv_power: int,
-    probability_fn: Callable[[Tensor], Tensor] | None,
-    checked: bool,
-    loss_kind: str = "log_mean",
+def _penalty(
+    ms: list[Tensor], l1_coeff: float, tv_coeff: float, tv_power: int, variant: str
 ) -> Tensor:
-    """Per-example objective for examples ``ex`` (one forward pass)."""
-    n_ex = ex.numel()
-    masked = []
-    penalty = torch.zeros(n_ex, dtype=inputs[0].dtype, device=inputs[0].device)
-    for x, d, leaf, size in zip(inputs, drawn, leaves, sizes):
-        m = _upsampled(leaf, size)  # (n_ex, 1, H, W)
-        de = d  # (n_ex, D, C, H, W), gathered for these examples
-        xe = x[ex].unsqueeze(1)
-        mixed = de + m.unsqueeze(1) * (xe - de)
-        masked.append(mixed.reshape(n_ex * n_d, *x.shape[1:]))
+    """Per-example ``tv_coeff * TV(M) + l1_coeff * |M|_1`` over the masks."""
+    penalty = torch.zeros(ms[0].shape[0], dtype=ms[0].dtype, device=ms[0].device)
+    for m in ms:
         if l1_coeff:
             penalty = penalty + l1_coeff * m.flatten(1).sum(1)
         if tv_coeff:
-            penalty = penalty + tv_coeff * _total_variation(m, tv_power)
-    rows = ex.repeat_interleave(n_d)
+            penalty = penalty + tv_coeff * _total_variation(m, tv_power, variant)
+    return penalty
+
+
+def _chunk_sums(
+    forward_func: Callable[..., Any],
+    xs: tuple[Tensor, ...],
+    drawn: tuple[Tensor, ...],
+    ms: list[Tensor],
+    rows: Tensor,
+    target: TargetType,
+    afa: Any,
+    bsz: int,
+    probability_fn: Callable[[Tensor], Tensor] | None,
+    loss_kind: str,
+    tiny: float,
+    checked: bool,
+) -> Tensor:
+    """One forward pass over examples ``rows`` x the draws ``drawn``.
+
+    Returns each example's sum over these draws (see :func:`_objective`).
+    """
+    n_ex, k = rows.numel(), drawn[0].shape[0]
+    masked = []
+    for x, d, m in zip(xs, drawn, ms):
+        # (n_ex, k, C, H, W): example-major, so row r * k + j is example r
+        # with draw j
+        mixed = d.unsqueeze(0) + m.unsqueeze(1) * (x.unsqueeze(1) - d.unsqueeze(0))
+        masked.append(mixed.reshape(n_ex * k, *x.shape[1:]))
+    point_rows = rows.repeat_interleave(k)
     out = run_forward_checked(
-        forward_func, tuple(masked), None, index_forward_args(afa, rows, bsz)
+        forward_func, tuple(masked), None, index_forward_args(afa, point_rows, bsz)
     )
-    row_target = target_for_rows(target, rows, bsz)
+    row_target = target_for_rows(target, point_rows, bsz)
     if probability_fn is None:
         if out.dim() < 2:
             raise ValueError(
@@ -589,24 +729,79 @@ def _chunk_loss(
         scores = F.log_softmax(out, dim=1)
     else:
         scores = probability_fn(out)
+        if not checked:
+            _check_probabilities(scores, n_ex * k)
     if not checked:
         check_target_in_range(scores, row_target)
     selected = _select_targets(scores, row_target)
-    if selected.numel() != rows.numel():
+    if selected.numel() != point_rows.numel():
         raise ValueError(
             "`target` must select one probability per example; the selected "
-            f"output has shape {tuple(selected.shape)} for {rows.numel()} inputs."
+            f"output has shape {tuple(selected.shape)} for {point_rows.numel()} "
+            "inputs."
         )
-    selected = selected.reshape(n_ex, n_d)
-    tiny = torch.finfo(selected.dtype).tiny
-    if loss_kind == "mean_log":
-        logs = selected if probability_fn is None else selected.clamp_min(tiny).log()
-        return -logs.mean(dim=1) + penalty
+    selected = selected.reshape(n_ex, k)
     if probability_fn is None:
-        log_mean = torch.logsumexp(selected, dim=1) - math.log(n_d)
-    else:
-        log_mean = selected.mean(dim=1).clamp_min(tiny).log()
-    return -log_mean + penalty
+        if loss_kind == "mean_log":
+            return selected.sum(dim=1)
+        return torch.logsumexp(selected, dim=1)
+    if loss_kind == "mean_log":
+        return selected.clamp_min(tiny).log().sum(dim=1)
+    return selected.sum(dim=1)
+
+
+def _check_probabilities(scores: Any, n_points: int) -> None:
+    """Check ``probability_fn``'s output on the first pass.
+
+    It must hold one row of probabilities per masked image, finite and in
+    [0, 1].
+    """
+    if not isinstance(scores, Tensor):
+        raise TypeError(
+            f"`probability_fn` must return a Tensor, got {type(scores).__name__}."
+        )
+    if scores.dim() == 0 or scores.shape[0] != n_points:
+        raise ValueError(
+            "`probability_fn` must return one row per masked image (dim 0 of "
+            f"the model's output, {n_points} here); got shape "
+            f"{tuple(scores.shape)}."
+        )
+    if not scores.is_floating_point():
+        raise TypeError(
+            f"`probability_fn` must return floating point values, got {scores.dtype}."
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("`probability_fn` returned non-finite values (NaN or inf).")
+    lo_t, hi_t = torch.aminmax(scores.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if lo < 0 or hi > 1 + 1e-6:
+        raise ValueError(
+            "`probability_fn` must return probabilities in [0, 1]; got values "
+            f"in [{lo:.4g}, {hi:.4g}]."
+        )
+
+
+def _raise_non_finite(
+    losses: Tensor, grads: list[Tensor], rows: Tensor, it: int
+) -> None:
+    """Say which quantity of step ``it`` stopped being finite, and for whom."""
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        # the penalty is finite while the mask is, so the outputs were not
+        raise ValueError(
+            f"LearnedMask: at step {it} `forward_func` (or `probability_fn`) "
+            "returned non-finite (NaN or inf) values for the masked inputs of "
+            f"example(s) {rows[bad].tolist()}; the masks would be NaN. Check the "
+            "model and its inputs."
+        )
+    for g in grads:
+        bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
+    examples = rows[bad].tolist()
+    raise ValueError(
+        f"LearnedMask: at step {it} the gradient of the loss with respect to the "
+        f"mask became non-finite for example(s) {examples}: `forward_func`'s "
+        "gradient is not finite at the masked inputs."
+    )
 
 
 def _adam_step(
