@@ -178,12 +178,31 @@ def score_function(
     return softmax_scores if probability_fn is None else probability_fn
 
 
-def select_scores(scores: Any, target: TargetType, rows: int) -> Tensor:
+def resolve_target(scores: Tensor, target: TargetType) -> TargetType:
+    """Check ``target`` against the scores' shape, once, and normalise it.
+
+    Negative entries of tensor or list targets become their index from the
+    end (like a negative int target), and a list of ints becomes a tensor.
+    """
+    if target is None:
+        return None
+    check_target_in_range(scores, target)
+    if isinstance(target, list) and target and isinstance(target[0], int):
+        target = torch.tensor(target, device=scores.device)
+    if isinstance(target, Tensor) and target.numel() > 1 and scores.dim() > 1:
+        target = torch.remainder(target.to(scores.device), scores.shape[1])
+    return target
+
+
+def select_scores(
+    scores: Any, target: TargetType, rows: int, resolved: bool = False
+) -> Tensor:
     """One score per row: ``target`` of the scores, with Captum's semantics.
 
     ``target=None`` takes the scores as they are, which must then be one per
     row (shape ``(rows,)`` or ``(rows, 1)``). Negative entries of tensor or
-    list targets index from the end, like a negative int target.
+    list targets index from the end, like a negative int target. With
+    ``resolved=True``, ``target`` has been through :func:`resolve_target`.
     """
     if not isinstance(scores, Tensor):
         raise TypeError(
@@ -203,11 +222,8 @@ def select_scores(scores: Any, target: TargetType, rows: int) -> Tensor:
                 f"{tuple(scores.shape)}. Pass `target` (the class to track)."
             )
         return scores.reshape(rows)
-    check_target_in_range(scores, target)
-    if isinstance(target, list) and target and isinstance(target[0], int):
-        target = torch.tensor(target, device=scores.device)
-    if isinstance(target, Tensor) and target.numel() > 1 and scores.dim() > 1:
-        target = torch.where(target < 0, target + scores.shape[1], target)
+    if not resolved:
+        target = resolve_target(scores, target)
     out = _select_targets(scores, target)
     if out.numel() != rows:
         raise ValueError(
@@ -217,9 +233,18 @@ def select_scores(scores: Any, target: TargetType, rows: int) -> Tensor:
     return out.reshape(rows)
 
 
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry is finite.
+
+    One reduction in the common case (a finite sum); the elementwise test
+    runs only when the sum is not finite (a NaN or inf, or an overflow).
+    """
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def warn_if_not_finite(values: Tensor, what: str) -> None:
     """Warn (naming the model) when a metric's result holds NaN or inf."""
-    if values.numel() and not bool(torch.isfinite(values).all()):
+    if values.numel() and not all_finite(values):
         warnings.warn(
             f"{what} holds NaN or infinite values: `forward_func` (through "
             "`probability_fn`) returned non-finite scores for some perturbed "
@@ -232,7 +257,7 @@ def warn_if_not_finite(values: Tensor, what: str) -> None:
 def check_finite_explanations(expl: tuple[Tensor, ...], name: str) -> None:
     """Refuse NaN / inf scores: they cannot be ranked (ValueError naming ``name``)."""
     for i, a in enumerate(expl):
-        if a.is_floating_point() and not bool(torch.isfinite(a).all()):
+        if a.is_floating_point() and not all_finite(a):
             label = f"{name}[{i}]" if len(expl) > 1 else name
             raise ValueError(
                 f"`{label}` contains NaN or infinite values, which cannot be "
@@ -368,6 +393,7 @@ def perturbation_curve(
     ks = n_replaced.to(inputs[0].device)
     scores = []
     bar = progress(total=total, desc=desc) if show_progress else None
+    resolved = False
     try:
         for start in range(0, total, step):
             flat = torch.arange(start, min(start + step, total), device=ks.device)
@@ -388,8 +414,13 @@ def perturbation_curve(
             out = cast(
                 Tensor, _run_forward(forward_func, tuple(perturbed), None, chunk_afa)
             )
+            out = score_fn(out)
+            if not resolved:  # checked once, against the first chunk's scores
+                if isinstance(out, Tensor):
+                    target = resolve_target(out, target)
+                resolved = True
             chunk_target = target_for_rows(target, ex, bsz)
-            scores.append(select_scores(score_fn(out), chunk_target, flat.numel()))
+            scores.append(select_scores(out, chunk_target, flat.numel(), True))
             if bar is not None:
                 bar.update(flat.numel())
     finally:
