@@ -267,3 +267,28 @@ def test_worst_case_refuses_scores_that_are_not_probabilities() -> None:
         worst_case_completeness_soundness(
             model, X, _explain, probability_fn=lambda out: out * 10
         )
+
+
+def test_every_public_metric_logs_usage() -> None:
+    """Each public metric is wrapped by ``captum.log.log_usage`` (which keeps
+    the signature through ``functools.wraps``)."""
+    import inspect
+
+    import captum_ext.metrics as metrics
+
+    names = [
+        "aopc",
+        "completeness",
+        "deletion_auc",
+        "image_degradation",
+        "insertion_auc",
+        "masked_input_accuracy",
+        "masked_input_accuracy_curve",
+        "saliency_auc",
+        "soundness",
+        "worst_case_completeness_soundness",
+    ]
+    for name in names:
+        fn = getattr(metrics, name)
+        assert hasattr(fn, "__wrapped__"), name
+        assert inspect.signature(fn) == inspect.signature(fn.__wrapped__), name
