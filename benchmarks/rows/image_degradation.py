@@ -15,7 +15,7 @@ Matched with Quantus 0.6.0 (``quantus.RegionPerturbation``, read in its source):
   writes each block's per-channel mean (Quantus's built-in "mean" baseline is
   the whole image's mean, not the patch's), and, in a second row, Quantus's
   stock constant baseline ``perturb_baseline=0.0`` against our
-  ``replacement="zero"``;
+  ``fill="zero"``;
 - scores: Quantus records ``softmax(f(x))_y - softmax(f(x_k))_y`` for
   k = 1..regions_evaluation; we return ``p_0 .. p_n``, so the check compares
   ``p_0 - p_k`` with Quantus's values (and never its ``np.trapz`` AUC, broken

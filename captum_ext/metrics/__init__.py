@@ -4,6 +4,32 @@ Functions take ``forward_func`` first, then ``inputs`` and the attributions (or
 masks) to evaluate, run under ``torch.no_grad()``, return one value (or one
 curve) per example, and give identical results with and without
 ``max_examples_per_batch``.
+
+Conventions of the perturbation metrics (curves, AUCs, masked accuracy):
+
+- ``target`` and ``additional_forward_args`` mean what they mean in Captum.
+  ``target`` indexes the score of each example in the output of
+  ``probability_fn`` (a softmax over dimension 1 by default); negative
+  indices count from the end. ``target=None`` takes that output whole, so it
+  must be one score per example (e.g. ``probability_fn=lambda out:
+  out.softmax(1)[:, 3]``); with the default softmax a ``target`` is
+  required, and its absence is refused before any forward pass. For the
+  predicted class pass ``target=forward_func(inputs).argmax(1)``. Every
+  tensor in ``additional_forward_args`` with a dimension is per-example and
+  follows its example through the perturbations.
+- One fill vocabulary, ``fill=``: ``"zero"``, ``"mean"`` (per example and
+  channel), ``"blur"`` (a Gaussian blur of standard deviation
+  ``blur_sigma`` pixels), ``"patch_mean"`` (image degradation's patches), a
+  finite number, a tensor broadcastable to the input, a callable mapping the
+  input to such a tensor, or a tuple with one of these per input tensor.
+- ``max_examples_per_batch``: a positive int, None (every perturbed input in
+  one forward pass, as in Captum) or ``"auto"`` (the default: at most 2**21
+  input elements, e.g. 13 images of 3 x 224 x 224, per forward pass), which
+  bounds memory without changing the result. ``show_progress=True`` shows a
+  progress bar over the perturbed inputs of the curve metrics.
+- An empty batch, NaN or infinite attributions, masks or fills are refused
+  with a ValueError naming the argument; a model that returns non-finite
+  scores gives a RuntimeWarning.
 """
 
 from captum_ext.metrics._complete_sound import (

@@ -7,18 +7,25 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _is_tuple
+from captum._utils.common import _is_tuple
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import repeat_forward_args
 from captum_ext._utils.validation import check_positive_int, format_inputs
-from captum_ext.metrics._curves import batched_outputs, resolve_fills
-from captum_ext.metrics._deletion_insertion import (
-    FillType,
-    ordered_curve,
+from captum_ext.metrics._curves import (
+    BatchSize,
+    batched_outputs,
+    check_batch_size,
+    check_blur_sigma,
+    check_examples,
+    check_fill,
+    check_forward_args,
+    examples_per_pass,
     score_function,
 )
+from captum_ext.metrics._deletion_insertion import FillType, ordered_curve
 
 
 def _fractions(n_points: int, fraction_range: tuple[float, float]) -> Tensor:
@@ -42,6 +49,7 @@ def _fractions(n_points: int, fraction_range: tuple[float, float]) -> Tensor:
     return torch.linspace(lo, hi, n_points, dtype=torch.float64)
 
 
+@log_usage(part_of_slo=True)
 def saliency_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -54,12 +62,15 @@ def saliency_auc(
     blur_sigma: float = 5.0,
     probability_fn: Callable[[Tensor], Tensor] | None = None,
     return_curves: bool = False,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
+    *,
+    show_progress: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""The base metric :math:`g` of complete and sound saliency (mask AUC).
 
     Gupta et al., "New Definitions and Evaluations for Saliency Methods:
-    Staying Intrinsic, Complete and Sound" (NeurIPS 2022, definition 3.5): the
+    Staying Intrinsic, Complete and Sound" (NeurIPS 2022,
+    https://arxiv.org/abs/2211.02912, definition 3.5): the
     mean probability of label :math:`a` when only the top-:math:`k` pixels of
     the mask are kept and the rest are filled, over a grid of :math:`k`:
 
@@ -79,28 +90,40 @@ def saliency_auc(
     Args:
         forward_func (Callable): The model; returns logits (softmax is applied)
             unless ``probability_fn`` is given.
-        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``.
-        masks (Tensor or tuple[Tensor, ...]): Saliency masks (or any scores)
-            broadcastable to the inputs; only their order matters.
+        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``, at least
+            one example.
+        masks (Tensor or tuple[Tensor, ...]): Saliency masks (or any finite
+            scores) broadcastable to the inputs; only their order matters.
         target (int, tuple, Tensor, or list, optional): Captum ``TargetType``:
-            the label :math:`a`. Default: None.
-        fill (str, float, Tensor or tuple, optional): Value of the pixels not
-            kept: a number, ``"zero"``, ``"mean"``, ``"blur"`` or a tensor
-            broadcastable to the inputs (e.g. other images). Default: 0.0.
+            the label :math:`a`, an index into the output of
+            ``probability_fn``. As in Captum, None takes that output whole
+            (one score per example, from a custom ``probability_fn``); with
+            the default softmax, ``target`` is required. Default: None.
+        fill (str, float, Tensor, Callable or tuple, optional): Value of the
+            pixels not kept: a number, ``"zero"``, ``"mean"``, ``"blur"``, a
+            tensor broadcastable to the inputs (e.g. other images), a callable
+            mapping an input tensor to such a tensor, or a tuple of these (the
+            vocabulary of :func:`~captum_ext.metrics.deletion_auc`).
+            Default: 0.0.
         n_points (int, optional): Number of points :math:`k` in the grid.
             Default: 21.
-        additional_forward_args (Any, optional): Extra forward arguments.
+        additional_forward_args (Any, optional): Extra forward arguments;
+            every tensor with a dimension is per-example, as in Captum.
             Default: None.
         fraction_range (tuple[float, float], optional): Smallest and largest
             fraction of pixels kept. Default: (0.0, 1.0).
-        blur_sigma (float, optional): Standard deviation of the blur fill.
-            Default: 5.0.
+        blur_sigma (float, optional): Standard deviation (pixels, > 0) of the
+            blur fill. Default: 5.0.
         probability_fn (Callable, optional): Maps model outputs to
             probabilities. Default: None (softmax over dimension 1).
         return_curves (bool, optional): Also return the curves (probability at
             each point of the grid). Default: False.
-        max_examples_per_batch (int, optional): Most perturbed inputs per
-            forward pass. Results do not depend on it. Default: None (all).
+        max_examples_per_batch (int, None or "auto", optional): Most perturbed
+            inputs per forward pass; None: all in one pass (as in Captum);
+            ``"auto"``: at most 2**21 input elements per pass. Results do not
+            depend on it. Default: ``"auto"``.
+        show_progress (bool, optional): Show a progress bar over the
+            perturbed inputs. Default: False.
 
     Returns:
         Tensor or (Tensor, Tensor): :math:`g` per example ``(bsz,)``; with
@@ -127,6 +150,8 @@ def saliency_auc(
         probability_fn,
         max_examples_per_batch,
         "masks",
+        show_progress,
+        "saliency AUC",
     )
     g = curve.mean(dim=1)
     if return_curves:
@@ -134,14 +159,29 @@ def saliency_auc(
     return g
 
 
-def _as_tensor(value: Any, name: str) -> Tensor:
+def _as_unit_tensor(value: Any, name: str, what: str) -> Tensor:
+    """``value`` as a floating tensor; every entry must lie in [0, 1]."""
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"`{name}` must be real-valued, got {value.dtype}.")
-        return value if value.is_floating_point() else value.double()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=torch.float64)
-    raise TypeError(f"`{name}` must be a Tensor or a number, got {type(value)}.")
+        t = value.detach()
+        t = t if t.is_floating_point() else t.double()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = torch.tensor(float(value), dtype=torch.float64)
+    else:
+        raise TypeError(
+            f"`{name}` must be a Tensor or a number, got {type(value).__name__}."
+        )
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
+        finite = t[torch.isfinite(t)]
+        seen = (
+            f"values from {float(finite.min()):.4g} to {float(finite.max()):.4g}"
+            if finite.numel()
+            else "no finite values"
+        )
+        nan = ", and NaN or inf" if finite.numel() < t.numel() else ""
+        raise ValueError(f"`{name}` is {what} and must lie in [0, 1]; got {seen}{nan}.")
+    return t
 
 
 def _check_unit(value: Any, name: str, low_open: bool = False) -> None:
@@ -154,6 +194,7 @@ def _check_unit(value: Any, name: str, low_open: bool = False) -> None:
     raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}.")
 
 
+@log_usage()
 def completeness(
     g: Tensor | float,
     p: Tensor | float,
@@ -174,9 +215,9 @@ def completeness(
     intact input. A zero denominator gives 1.
 
     Args:
-        g (Tensor or float): Base metric per example (any shape).
+        g (Tensor or float): Base metric per example (any shape), in [0, 1].
         p (Tensor or float): Probability of the label on the intact input,
-            broadcastable with ``g``.
+            in [0, 1], broadcastable with ``g``.
         epsilon1 (float, optional): Floor on :math:`g` (the paper's seed
             table uses 0.01). Default: 0.01.
         alpha (float, optional): Cap on the probability the explanation is
@@ -192,7 +233,8 @@ def completeness(
     """
     _check_unit(epsilon1, "epsilon1")
     _check_unit(alpha, "alpha", low_open=True)
-    g_t, p_t = _as_tensor(g, "g"), _as_tensor(p, "p")
+    g_t = _as_unit_tensor(g, "g", "a saliency AUC (saliency_auc)")
+    p_t = _as_unit_tensor(p, "p", "a probability")
     num = g_t.clamp_min(epsilon1)
     den = p_t.clamp_max(alpha)
     safe = torch.where(den > 0, den, torch.ones_like(den))
@@ -200,6 +242,7 @@ def completeness(
     return ratio.clamp_max(1.0)
 
 
+@log_usage()
 def soundness(
     g: Tensor | float,
     p: Tensor | float,
@@ -221,8 +264,9 @@ def soundness(
     intact input. :math:`g_a = 0` gives 1.
 
     Args:
-        g (Tensor or float): Base metric per example (any shape).
-        p (Tensor or float): Probability of the label on the intact input.
+        g (Tensor or float): Base metric per example (any shape), in [0, 1].
+        p (Tensor or float): Probability of the label on the intact input,
+            in [0, 1].
         epsilon2 (float, optional): Floor on the probability (the paper uses
             0.1). Default: 0.1.
 
@@ -235,7 +279,8 @@ def soundness(
         tensor([0.2000, 1.0000])
     """
     _check_unit(epsilon2, "epsilon2")
-    g_t, p_t = _as_tensor(g, "g"), _as_tensor(p, "p")
+    g_t = _as_unit_tensor(g, "g", "a saliency AUC (saliency_auc)")
+    p_t = _as_unit_tensor(p, "p", "a probability")
     num = p_t.clamp_min(epsilon2)
     safe = torch.where(g_t > 0, g_t, torch.ones_like(g_t))
     ratio = torch.where(g_t > 0, num / safe, torch.ones_like(num / safe))
@@ -281,6 +326,7 @@ def _stack_fill(fill: Any, inputs: tuple[Tensor, ...], bsz: int) -> Any:
     return out if isinstance(fill, tuple) else out[0]
 
 
+@log_usage(part_of_slo=True)
 def worst_case_completeness_soundness(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -294,7 +340,7 @@ def worst_case_completeness_soundness(
     epsilon2: float = 0.1,
     blur_sigma: float = 5.0,
     probability_fn: Callable[[Tensor], Tensor] | None = None,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
     **kwargs: Any,
 ) -> CompletenessSoundness:
     r"""Masks for the top and second label, their completeness and soundness.
@@ -333,8 +379,9 @@ def worst_case_completeness_soundness(
             Default: 5.0.
         probability_fn (Callable, optional): Maps model outputs to
             probabilities. Default: None (softmax over dimension 1).
-        max_examples_per_batch (int, optional): Most inputs per forward pass
-            of the evaluation. Default: None (all).
+        max_examples_per_batch (int, None or "auto", optional): Most inputs
+            per forward pass of the evaluation, as in :func:`saliency_auc`.
+            Default: ``"auto"``.
         **kwargs (Any): Passed to ``explanation_func`` (e.g. ``distractors``,
             ``n_iter``, ``tv_coeff``, ``generator``).
 
@@ -352,27 +399,37 @@ def worst_case_completeness_soundness(
         >>> res.completeness[:, 0].mean(), res.worst_soundness.mean()
     """
     is_tuple, inputs_t = format_inputs(inputs)
+    bsz = check_examples(inputs_t, is_tuple)
     if not callable(explanation_func):
         raise TypeError("`explanation_func` must be callable.")
-    check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
+    check_batch_size(max_examples_per_batch)
     _fractions(n_points, fraction_range)
     _check_unit(epsilon1, "epsilon1")
     _check_unit(alpha, "alpha", low_open=True)
     _check_unit(epsilon2, "epsilon2")
     score_fn = score_function(probability_fn)
-    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
-        raise TypeError(f"`blur_sigma` must be a number, got {blur_sigma!r}.")
-    resolve_fills(fill, inputs_t, 0.0)  # refuse a bad fill before any work
-    bsz = inputs_t[0].shape[0]
-    afa = _format_additional_forward_args(additional_forward_args)
+    check_blur_sigma(blur_sigma)
+    check_fill(fill, inputs_t)
+    afa = check_forward_args(additional_forward_args, bsz)
     with torch.no_grad():
         probs = score_fn(
-            batched_outputs(forward_func, inputs_t, afa, max_examples_per_batch)
+            batched_outputs(
+                forward_func,
+                inputs_t,
+                afa,
+                examples_per_pass(max_examples_per_batch, inputs_t),
+            )
         )
     if probs.dim() != 2 or probs.shape[1] < 2:
         raise ValueError(
             "The model's probabilities must be (bsz, n_classes) with at least two "
             f"classes; got shape {tuple(probs.shape)}."
+        )
+    if not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise ValueError(
+            "`probability_fn` must return probabilities in [0, 1] (completeness "
+            "and soundness compare them with the saliency AUC); got values from "
+            f"{float(probs.min()):.4g} to {float(probs.max()):.4g} (or NaN)."
         )
     top2 = probs.topk(2, dim=1)
     labels = top2.indices

@@ -7,19 +7,25 @@ from typing import Any, Literal
 
 import torch
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.log import log_usage
 from torch import Tensor
 
-from captum_ext._utils.validation import (
-    check_positive_int,
-    format_inputs,
-    validate_target,
-)
+from captum_ext._utils.validation import check_positive_int, format_inputs
 from captum_ext.metrics._curves import (
-    ScoreFn,
+    BatchSize,
+    check_batch_size,
+    check_blur_sigma,
+    check_examples,
+    check_fill,
+    check_finite_explanations,
+    check_forward_args,
+    check_target,
     curve_at_points,
+    examples_per_pass,
     input_region_ranks,
     resolve_fills,
-    softmax_scores,
+    score_function,
+    warn_if_not_finite,
 )
 
 FillType = Any
@@ -74,15 +80,6 @@ def format_explanations(
     return tuple(a.detach() for a in expl)
 
 
-def score_function(probability_fn: Callable[[Tensor], Tensor] | None) -> ScoreFn:
-    """The model-output -> probability map (softmax unless overridden)."""
-    if probability_fn is None:
-        return softmax_scores
-    if not callable(probability_fn):
-        raise TypeError("`probability_fn` must be callable or None.")
-    return probability_fn
-
-
 def ordered_curve(
     forward_func: Callable[..., Any],
     inputs: Any,
@@ -95,8 +92,10 @@ def ordered_curve(
     additional_forward_args: Any,
     blur_sigma: float,
     probability_fn: Callable[[Tensor], Tensor] | None,
-    max_examples_per_batch: int | None,
+    max_examples_per_batch: BatchSize,
     explanations_name: str,
+    show_progress: bool = False,
+    desc: str = "",
 ) -> tuple[Tensor, Tensor]:
     """Validate, rank regions (most relevant first) and evaluate the curve.
 
@@ -107,15 +106,17 @@ def ordered_curve(
         ``(curve (bsz, n_points), fraction of regions at each point (n_points,))``.
     """
     is_tuple, inputs_t = format_inputs(inputs)
+    bsz = check_examples(inputs_t, is_tuple)
     expl = format_explanations(explanations, inputs_t, is_tuple, explanations_name)
-    bsz = inputs_t[0].shape[0]
-    validate_target(target, bsz)
-    check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
-    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
-        raise TypeError(f"`blur_sigma` must be a number, got {blur_sigma!r}.")
-    score_fn = score_function(probability_fn)
-    fills = resolve_fills(fill, inputs_t, float(blur_sigma))
+    check_finite_explanations(expl, explanations_name)
+    check_target(target, bsz)
+    check_batch_size(max_examples_per_batch)
+    check_blur_sigma(blur_sigma)
+    score_fn = score_function(probability_fn, target)
+    check_fill(fill, inputs_t)
+    afa = check_forward_args(additional_forward_args, bsz)
     with torch.no_grad():
+        fills = resolve_fills(fill, inputs_t, float(blur_sigma))
         ranks, n_regions = input_region_ranks(expl, inputs_t)
         if fractions is None:
             assert n_steps is not None
@@ -131,10 +132,13 @@ def ordered_curve(
             ks,
             mode,
             target,
-            additional_forward_args,
-            max_examples_per_batch,
+            afa,
+            examples_per_pass(max_examples_per_batch, inputs_t),
             score_fn,
+            show_progress,
+            desc or explanations_name,
         )
+    warn_if_not_finite(curve, f"The {desc or mode} curve")
     return curve, ks.to(curve.dtype) / n_regions
 
 
@@ -149,8 +153,9 @@ def _auc(
     blur_sigma: float,
     probability_fn: Callable[[Tensor], Tensor] | None,
     return_curves: bool,
-    max_examples_per_batch: int | None,
+    max_examples_per_batch: BatchSize,
     mode: Literal["delete", "insert"],
+    show_progress: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
     check_positive_int(n_steps, "n_steps")
     curve, x = ordered_curve(
@@ -167,6 +172,8 @@ def _auc(
         probability_fn,
         max_examples_per_batch,
         "attributions",
+        show_progress,
+        "deletion" if mode == "delete" else "insertion",
     )
     auc = torch.trapezoid(curve, x.to(curve.device), dim=1)
     if return_curves:
@@ -174,6 +181,7 @@ def _auc(
     return auc
 
 
+@log_usage(part_of_slo=True)
 def deletion_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -185,14 +193,17 @@ def deletion_auc(
     blur_sigma: float = 5.0,
     probability_fn: Callable[[Tensor], Tensor] | None = None,
     return_curves: bool = False,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
+    *,
+    show_progress: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Area under the deletion curve (lower is better).
 
-    The deletion game of Petsiuk et al. ("RISE", BMVC 2018), used as an
-    intrinsic metric in Gupta et al. (NeurIPS 2022, tables 3, 5, 7, 9): pixels
-    are removed (set to the ``fill``) in decreasing order of attribution, and
-    the target's probability is recorded after each step:
+    The deletion game of Petsiuk et al. ("RISE", BMVC 2018,
+    https://arxiv.org/abs/1806.07421), used as an intrinsic metric in Gupta et
+    al. (NeurIPS 2022, https://arxiv.org/abs/2211.02912, tables 3, 5, 7, 9):
+    pixels are removed (set to the ``fill``) in decreasing order of
+    attribution, and the target's probability is recorded after each step:
 
     .. math::
 
@@ -210,32 +221,46 @@ def deletion_auc(
     All ``bsz x (n_steps + 1)`` perturbed inputs are built with one
     ``torch.where`` per chunk and evaluated in batched forward passes of at
     most ``max_examples_per_batch`` inputs; repeated points are evaluated once.
-    On a CPU, chunks of a few hundred inputs are usually faster than one huge
-    pass (memory traffic); the results do not depend on the chunking.
+    The results do not depend on the chunking.
 
     Args:
         forward_func (Callable): The model; returns logits (softmax is applied)
             unless ``probability_fn`` is given.
-        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``.
+        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``, at least
+            one example.
         attributions (Tensor or tuple[Tensor, ...]): Scores broadcastable to
-            the inputs (e.g. ``(bsz, 1, H, W)`` masks for colour images).
-        target (int, tuple, Tensor, or list, optional): Captum ``TargetType``;
-            the class whose probability is tracked. Default: None.
-        fill (str, float, Tensor or tuple, optional): Replacement value:
-            ``"zero"``, ``"mean"`` (per example and channel), ``"blur"``
-            (a Gaussian blur of the input, ``blur_sigma``), a number or a
-            tensor broadcastable to the inputs. Default: ``"zero"``.
+            the inputs (e.g. ``(bsz, 1, H, W)`` masks for colour images);
+            finite (NaN cannot be ranked and is refused).
+        target (int, tuple, Tensor, or list, optional): Captum ``TargetType``:
+            the index of the tracked score in the output of ``probability_fn``
+            (by default the class whose probability is tracked). As in Captum,
+            None takes that output whole, so it must be one score per example
+            (a ``probability_fn`` such as ``lambda out: out.softmax(1)[:, 3]``);
+            with the default softmax, ``target`` is required. Default: None.
+        fill (str, float, Tensor, Callable or tuple, optional): Replacement
+            value: ``"zero"``, ``"mean"`` (per example and channel),
+            ``"blur"`` (a Gaussian blur of the input with ``blur_sigma``), a
+            number, a tensor broadcastable to the inputs, a callable mapping
+            an input tensor to such a tensor (called once on the intact
+            input), or a tuple of these (one per input). Default: ``"zero"``.
         n_steps (int, optional): Number of steps; the curve has
             ``n_steps + 1`` points. Default: 100.
-        additional_forward_args (Any, optional): Extra forward arguments;
-            per-example tensors are repeated along the curve. Default: None.
-        blur_sigma (float, optional): Standard deviation (pixels) of the blur
-            fill. Default: 5.0 (Petsiuk et al. at 224 x 224).
+        additional_forward_args (Any, optional): Extra forward arguments. As
+            in Captum, every tensor with a dimension is per-example (first
+            dimension ``bsz``) and is repeated along the curve; other values
+            are passed unchanged. Default: None.
+        blur_sigma (float, optional): Standard deviation (pixels, > 0) of the
+            blur fill. Default: 5.0 (Petsiuk et al. at 224 x 224).
         probability_fn (Callable, optional): Maps model outputs to scores.
             Default: None (softmax over dimension 1).
         return_curves (bool, optional): Also return the curves. Default: False.
-        max_examples_per_batch (int, optional): Most perturbed inputs per
-            forward pass. Results do not depend on it. Default: None (all).
+        max_examples_per_batch (int, None or "auto", optional): Most perturbed
+            inputs per forward pass; None: all in one pass (as in Captum);
+            ``"auto"``: at most 2**21 input elements per pass (e.g. 13 images
+            of 3 x 224 x 224, 2674 of 1 x 28 x 28), which bounds memory.
+            Results do not depend on it. Default: ``"auto"``.
+        show_progress (bool, optional): Show a progress bar over the
+            perturbed inputs. Default: False.
 
     Returns:
         Tensor or (Tensor, Tensor): AUC per example ``(bsz,)``; with
@@ -259,9 +284,11 @@ def deletion_auc(
         return_curves,
         max_examples_per_batch,
         "delete",
+        show_progress,
     )
 
 
+@log_usage(part_of_slo=True)
 def insertion_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -273,14 +300,17 @@ def insertion_auc(
     blur_sigma: float = 5.0,
     probability_fn: Callable[[Tensor], Tensor] | None = None,
     return_curves: bool = False,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
+    *,
+    show_progress: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Area under the insertion curve (higher is better).
 
-    The insertion game of Petsiuk et al. ("RISE", BMVC 2018): starting from
-    the ``fill`` (Petsiuk et al. blur the image; grey is also common), pixels
-    of the input are revealed in decreasing order of attribution and the
-    target's probability is recorded:
+    The insertion game of Petsiuk et al. ("RISE", BMVC 2018,
+    https://arxiv.org/abs/1806.07421): starting from the ``fill`` (Petsiuk et
+    al. blur the image; grey is also common), pixels of the input are revealed
+    in decreasing order of attribution and the target's probability is
+    recorded:
 
     .. math::
 
@@ -288,30 +318,38 @@ def insertion_auc(
         \qquad k_j = \operatorname{round}(j N / n_{steps}),
         \qquad \mathrm{AUC} = \int_0^1 c \, d(k/N).
 
-    Regions, ranking, ties, fills and batching are as in :func:`deletion_auc`.
-    Step 0 is the fill alone, the last step the intact input.
+    Regions, ranking, ties, fills, targets and batching are as in
+    :func:`deletion_auc`. Step 0 is the fill alone, the last step the intact
+    input.
 
     Args:
         forward_func (Callable): The model; returns logits (softmax is applied)
             unless ``probability_fn`` is given.
-        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``.
-        attributions (Tensor or tuple[Tensor, ...]): Scores broadcastable to
-            the inputs.
-        target (int, tuple, Tensor, or list, optional): Captum ``TargetType``.
-            Default: None.
-        fill (str, float, Tensor or tuple, optional): ``"zero"``, ``"mean"``,
-            ``"blur"``, a number or a tensor. Default: ``"zero"``.
+        inputs (Tensor or tuple[Tensor, ...]): Inputs ``(bsz, ...)``, at least
+            one example.
+        attributions (Tensor or tuple[Tensor, ...]): Finite scores
+            broadcastable to the inputs.
+        target (int, tuple, Tensor, or list, optional): Captum ``TargetType``,
+            as in :func:`deletion_auc` (None needs a ``probability_fn`` that
+            returns one score per example). Default: None.
+        fill (str, float, Tensor, Callable or tuple, optional): ``"zero"``,
+            ``"mean"``, ``"blur"``, a number, a tensor, a callable or a tuple,
+            as in :func:`deletion_auc`. Default: ``"zero"``.
         n_steps (int, optional): Number of steps (``n_steps + 1`` points).
             Default: 100.
-        additional_forward_args (Any, optional): Extra forward arguments.
+        additional_forward_args (Any, optional): Extra forward arguments;
+            every tensor with a dimension is per-example, as in Captum.
             Default: None.
-        blur_sigma (float, optional): Standard deviation of the blur fill.
-            Default: 5.0.
+        blur_sigma (float, optional): Standard deviation (pixels, > 0) of the
+            blur fill. Default: 5.0.
         probability_fn (Callable, optional): Maps model outputs to scores.
             Default: None (softmax over dimension 1).
         return_curves (bool, optional): Also return the curves. Default: False.
-        max_examples_per_batch (int, optional): Most perturbed inputs per
-            forward pass. Results do not depend on it. Default: None (all).
+        max_examples_per_batch (int, None or "auto", optional): Most perturbed
+            inputs per forward pass, as in :func:`deletion_auc`. Results do
+            not depend on it. Default: ``"auto"``.
+        show_progress (bool, optional): Show a progress bar over the
+            perturbed inputs. Default: False.
 
     Returns:
         Tensor or (Tensor, Tensor): AUC per example ``(bsz,)``; with
@@ -334,4 +372,5 @@ def insertion_auc(
         return_curves,
         max_examples_per_batch,
         "insert",
+        show_progress,
     )

@@ -48,14 +48,14 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
     Args:
         x: Images ``(bsz, C, H, W)`` (floating point).
-        sigma: Standard deviation in pixels; the kernel has radius
-            ``ceil(3 sigma)``. ``sigma <= 0`` returns a copy of ``x``.
+        sigma: Standard deviation in pixels, positive; the kernel has radius
+            ``ceil(3 sigma)``.
 
     Returns:
         Tensor: the blurred images, same shape and dtype.
     """
-    if sigma <= 0:
-        return x.clone()
+    if not sigma > 0:
+        raise ValueError(f"`blur_sigma` must be positive, got {sigma!r}.")
     bsz, channels, height, width = x.shape
     k = gaussian_kernel1d(sigma, x.dtype, x.device)
     r = (k.numel() - 1) // 2

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import torch
-import torch.nn.functional as F
-from captum._utils.common import _format_additional_forward_args, _select_targets
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.validation import (
-    check_broadcasts_to,
     check_generator,
     check_positive_int,
-    check_target_in_range,
     format_inputs,
-    validate_target,
 )
 from captum_ext.metrics._curves import (
-    batched_outputs,
+    BatchSize,
+    check_batch_size,
+    check_blur_sigma,
+    check_examples,
+    check_fill,
+    check_forward_args,
+    check_target,
+    examples_per_pass,
     feature_ranks,
     patch_region_map,
     perturbation_curve,
     region_ranks,
     region_scores,
+    resolve_fills,
+    score_function,
+    warn_if_not_finite,
 )
-from captum_ext.metrics._fills import gaussian_blur, region_means
 
-Replacement = str | float | Tensor | tuple[Tensor, ...] | Callable[[Tensor], Tensor]
+Replacement = str | float | Tensor | tuple[Any, ...] | Callable[[Tensor], Tensor]
 
-_REPLACEMENTS = ("patch_mean", "zero", "blur")
 _ORDERS = ("morf", "lerf", "random")
 
 
@@ -44,19 +48,25 @@ def image_degradation(
     target: TargetType = None,
     patch_size: int = 9,
     n_steps: int | None = 100,
-    replacement: Replacement = "patch_mean",
+    fill: Replacement = "patch_mean",
     order: Literal["morf", "lerf", "random"] = "morf",
     additional_forward_args: Any = None,
     generator: torch.Generator | None = None,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
+    *,
+    blur_sigma: float | None = None,
+    probability_fn: Callable[[Tensor], Tensor] | None = None,
+    show_progress: bool = False,
+    replacement: Replacement | None = None,
 ) -> Tensor:
     r"""Image degradation curves: the target's probability as patches are replaced.
 
     The benchmark of Schwarzenberg & Castle, "Pattern-Guided Integrated
-    Gradients" (ICML 2020 workshop, section 5), after Kindermans et al. (2018)
-    and Samek et al. (2016, "region perturbation"). Each image is tiled into
-    ``patch_size x patch_size`` patches; each patch :math:`P` is scored by its
-    summed, channel-summed attribution
+    Gradients" (ICML 2020 workshop, https://arxiv.org/abs/2007.10685,
+    section 5), after Kindermans et al. (2018) and Samek et al. (2016,
+    "region perturbation", https://arxiv.org/abs/1509.06321). Each image is
+    tiled into ``patch_size x patch_size`` patches; each patch :math:`P` is
+    scored by its summed, channel-summed attribution
 
     .. math::
 
@@ -66,7 +76,8 @@ def image_degradation(
     descending :math:`s_P`; ``"lerf"``: ascending; ``"random"``: a random
     permutation from ``generator``). Step :math:`k` replaces the first
     :math:`k` patches :math:`\pi_1, \dots, \pi_k` of the ranking in **every**
-    channel and records the softmax probability of the target,
+    channel and records the probability of the target (softmax unless
+    ``probability_fn`` is given),
 
     .. math::
 
@@ -76,7 +87,7 @@ def image_degradation(
             x_{c,h,w} & \text{otherwise,}
         \end{cases}
 
-    where, for the default ``replacement="patch_mean"``, :math:`r_{c,h,w}` is
+    where, for the default ``fill="patch_mean"``, :math:`r_{c,h,w}` is
     the mean of channel :math:`c` of the *original* image over the patch that
     holds :math:`(h, w)` (the paper's "mean channel values"). Step 0 is the
     intact input, so the result has ``n_steps + 1`` columns. A faithful
@@ -93,10 +104,11 @@ def image_degradation(
     is narrower (their means are over their own pixels). With a tuple of
     inputs, the patches of all inputs are ranked together.
 
-    **Differences from the reference code** (DFKI-NLP/pgig, see
-    REFERENCE_NOTES): its loop never degrades the top-ranked patch, and it
-    skips channels whose patch mean is :math:`\le 0`. Here the top patch is
-    replaced at step 1 and every channel of a patch is replaced.
+    **Differences from the authors' code** (the ``DFKI-NLP/pgig`` repository,
+    https://github.com/DFKI-NLP/pgig): its degradation loop never degrades
+    the top-ranked patch, and it skips channels whose patch mean is
+    :math:`\le 0`. Here the top patch is replaced at step 1 and every channel
+    of a patch is replaced.
 
     Ties between equal patch scores are broken by patch index (row-major), so
     results are deterministic. All perturbed inputs are built by tensor
@@ -105,36 +117,56 @@ def image_degradation(
 
     Args:
         forward_func (Callable): The model; returns logits ``(bsz, n_classes)``
-            (the softmax is applied here, over dimension 1).
-        inputs (Tensor or tuple[Tensor, ...]): Images ``(bsz, C, H, W)``.
+            (the softmax over dimension 1 is applied here unless
+            ``probability_fn`` is given).
+        inputs (Tensor or tuple[Tensor, ...]): Images ``(bsz, C, H, W)``, at
+            least one.
         attributions (Tensor or tuple[Tensor, ...]): Attributions with the
             structure of ``inputs``, each ``(bsz, C, H, W)`` or
-            ``(bsz, 1, H, W)``; only their per-patch sums are used.
-        target (int, tuple, Tensor, or list, optional): Output indices whose
-            probability is recorded, with Captum's ``TargetType`` semantics.
-            None (default): the class the model predicts for the intact input.
+            ``(bsz, 1, H, W)``, finite; only their per-patch sums are used.
+        target (int, tuple, Tensor, or list, optional): Index of the recorded
+            score in the output of ``probability_fn`` (by default the class
+            whose probability is recorded), with Captum's ``TargetType``
+            semantics. As in Captum, None takes that output whole, so it must
+            be one score per example (e.g. ``probability_fn=lambda out:
+            out.softmax(1)[:, 3]``); with the default softmax, ``target`` is
+            required. For the predicted class, pass
+            ``target=forward_func(inputs).argmax(1)``. Default: None.
         patch_size (int): Side of the square patches. Default: 9 (the paper's
             224 x 224 ImageNet setting).
         n_steps (int or None): Number of patches replaced, one per step (see
             above). None: all patches. Default: 100.
-        replacement (str, float, Tensor, tuple or Callable): The value a
-            replaced pixel takes. ``"patch_mean"`` (default): the per-example,
-            per-channel mean of the patch; ``"zero"``: 0; ``"blur"``: the image
-            blurred by a Gaussian of standard deviation ``patch_size / 2``
-            (replicate padding); a number: that constant; a Tensor
-            broadcastable to the input (a tuple of them for tuple inputs); or
-            a callable mapping an input tensor to such a tensor (e.g. a
-            different blur), called once on the intact input.
+        fill (str, float, Tensor, Callable or tuple): The value a replaced
+            pixel takes, in the metrics' one fill vocabulary.
+            ``"patch_mean"`` (default): the per-example, per-channel mean of
+            the patch; ``"zero"``: 0; ``"mean"``: the per-example,
+            per-channel mean of the image; ``"blur"``: the image blurred by a
+            Gaussian of standard deviation ``blur_sigma`` (replicate
+            padding); a number: that constant; a Tensor broadcastable to the
+            input; a callable mapping an input tensor to such a tensor (e.g.
+            a different blur), called once on the intact input; or a tuple
+            with one of these per input tensor.
         order (str): ``"morf"`` (most relevant first, default), ``"lerf"``
             (least relevant first) or ``"random"`` (attributions ignored).
         additional_forward_args (Any, optional): Extra arguments passed to
-            ``forward_func`` after the inputs; per-example tensors (leading
-            dimension ``bsz``) are repeated along the curve. Default: None.
+            ``forward_func`` after the inputs. As in Captum, every tensor with
+            a dimension is per-example (leading dimension ``bsz``) and is
+            repeated along the curve; other values are passed unchanged.
+            Default: None.
         generator (torch.Generator, optional): Source of randomness for
             ``order="random"``. Default: None (the global RNG).
-        max_examples_per_batch (int, optional): Most perturbed images per
-            forward pass. None (default): all ``bsz * n_steps`` at once; set it
-            to bound memory.
+        max_examples_per_batch (int, None or "auto", optional): Most
+            perturbed images per forward pass. None: all ``bsz * (n_steps +
+            1)`` at once (as in Captum); ``"auto"``: at most 2**21 input
+            elements per pass (13 images of 3 x 224 x 224), which bounds
+            memory. The result does not depend on it. Default: ``"auto"``.
+        blur_sigma (float, optional): Standard deviation (pixels, > 0) of the
+            ``"blur"`` fill. None: ``patch_size / 2``. Default: None.
+        probability_fn (Callable, optional): Maps model outputs to scores.
+            Default: None (softmax over dimension 1).
+        show_progress (bool, optional): Show a progress bar over the
+            perturbed images. Default: False.
+        replacement: Deprecated alias of ``fill`` (DeprecationWarning).
 
     Returns:
         Tensor: ``(bsz, n_steps + 1)`` target probabilities; column 0 is the
@@ -149,16 +181,28 @@ def image_degradation(
         ... )
         >>> aopc(curves).mean()  # larger: the attribution found what matters
     """
+    if replacement is not None:
+        warnings.warn(
+            "`replacement` is deprecated; use `fill` (the metrics' one fill "
+            "vocabulary).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if not (isinstance(fill, str) and fill == "patch_mean"):
+            raise TypeError("Pass `fill` only (`replacement` is its deprecated alias).")
+        fill = replacement
     is_tuple, xs = format_inputs(inputs)
+    bsz = check_examples(xs, is_tuple)
     attrs = _check_attributions(attributions, xs, is_tuple)
     check_positive_int(patch_size, "patch_size")
     check_positive_int(n_steps, "n_steps", allow_none=True)
-    check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
+    check_batch_size(max_examples_per_batch)
     if order not in _ORDERS:
         raise ValueError(f"`order` must be one of {_ORDERS}, got {order!r}.")
     check_generator(generator)
-    bsz = xs[0].shape[0]
-    validate_target(target, bsz)
+    check_target(target, bsz)
+    check_blur_sigma(blur_sigma, allow_none=True)
+    score_fn = score_function(probability_fn, target)
     maps = [patch_region_map(x.shape[2], x.shape[3], patch_size) for x in xs]
     n_patches = sum(n for _, n in maps)
     steps = n_patches if n_steps is None else n_steps
@@ -168,49 +212,37 @@ def image_degradation(
             f"({n_patches} patches of {patch_size}x{patch_size}); pass "
             "n_steps=None to degrade every patch, or a smaller patch_size."
         )
-    fills_spec = _check_replacement(replacement, xs, is_tuple)
+    check_fill(fill, xs, patches=True)
+    afa = check_forward_args(additional_forward_args, bsz)
+    sigma = patch_size / 2.0 if blur_sigma is None else float(blur_sigma)
 
     with torch.no_grad():
-        fills = tuple(
-            _make_fill(spec, x, region_map, n, patch_size)
-            for spec, x, (region_map, n) in zip(fills_spec, xs, maps)
-        )
+        fills = resolve_fills(fill, xs, sigma, regions=maps)
         ranks = _patch_ranks(attrs, maps, order, generator)
-        afa = _format_additional_forward_args(additional_forward_args)
-        intact = batched_outputs(forward_func, xs, afa, max_examples_per_batch)
-        if not isinstance(intact, Tensor) or intact.dim() < 2:
-            raise ValueError(
-                "`forward_func` must return class scores of shape (bsz, n_classes, "
-                f"...) for image_degradation; got {_shape_of(intact)}."
-            )
-        probs = F.softmax(intact, dim=1)
-        if target is None:
-            if probs.dim() != 2:
-                raise ValueError(
-                    "`target=None` (the predicted class) needs outputs of shape "
-                    f"(bsz, n_classes); got {tuple(probs.shape)}. Pass `target`."
-                )
-            target = probs.argmax(dim=1)
-        check_target_in_range(probs, target)
-        first = _select_targets(probs, target).reshape(bsz, 1)
-        rest = perturbation_curve(
+        curve = perturbation_curve(
             forward_func,
             xs,
             fills,
             ranks,
-            torch.arange(1, steps + 1),
+            torch.arange(0, steps + 1),
             "delete",
             target,
             afa,
-            max_examples_per_batch,
+            examples_per_pass(max_examples_per_batch, xs),
+            score_fn,
+            show_progress,
+            "image degradation",
         )
-    return torch.cat([first, rest.to(first.dtype)], dim=1)
+    warn_if_not_finite(curve, "The image degradation curve")
+    return curve
 
 
+@log_usage()
 def aopc(curves: Tensor) -> Tensor:
     r"""Area over the perturbation curve (AOPC), one value per example.
 
-    Samek et al. (2016), eq. 12, for a degradation curve
+    Samek et al. (2016, https://arxiv.org/abs/1509.06321), eq. 12, for a
+    degradation curve
     :math:`p_0, \dots, p_L` (column 0 the intact input, as returned by
     :func:`image_degradation`):
 
@@ -240,13 +272,9 @@ def aopc(curves: Tensor) -> Tensor:
             "`curves` must have shape (bsz, n_points) with n_points >= 1, got "
             f"{tuple(curves.shape)}."
         )
+    if curves.numel() and not bool(torch.isfinite(curves).all()):
+        raise ValueError("`curves` contains NaN or infinite values.")
     return (curves[:, :1] - curves).mean(dim=1)
-
-
-def _shape_of(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"shape {tuple(value.shape)}"
-    return type(value).__name__
 
 
 def _check_attributions(
@@ -300,79 +328,6 @@ def _check_attributions(
             raise ValueError(f"`{label}` contains NaN or infinite values.")
         out.append(a)
     return tuple(out)
-
-
-def _check_replacement(
-    replacement: Any, xs: tuple[Tensor, ...], is_tuple: bool
-) -> tuple[Any, ...]:
-    """Validate ``replacement``; returns one spec per input tensor."""
-    if isinstance(replacement, str):
-        if replacement not in _REPLACEMENTS:
-            raise ValueError(
-                f"`replacement` must be one of {_REPLACEMENTS}, a number, a Tensor "
-                f"or a callable; got {replacement!r}."
-            )
-        return (replacement,) * len(xs)
-    if isinstance(replacement, bool):
-        raise TypeError("`replacement` must not be a bool.")
-    if isinstance(replacement, (int, float)):
-        return (float(replacement),) * len(xs)
-    if isinstance(replacement, Tensor):
-        if is_tuple:
-            raise TypeError(
-                "`replacement` must be a tuple of Tensors (one per input) when "
-                "`inputs` is a tuple."
-            )
-        specs: tuple[Any, ...] = (replacement,)
-    elif isinstance(replacement, tuple):
-        if not is_tuple:
-            raise TypeError(
-                "`replacement` must be a Tensor, not a tuple, when `inputs` is a "
-                "Tensor."
-            )
-        if len(replacement) != len(xs) or not all(
-            isinstance(r, Tensor) for r in replacement
-        ):
-            raise TypeError(
-                f"`replacement` given as a tuple must hold {len(xs)} Tensors, one "
-                "per input."
-            )
-        specs = replacement
-    elif callable(replacement):
-        return (replacement,) * len(xs)
-    else:
-        raise TypeError(
-            "`replacement` must be 'patch_mean', 'zero', 'blur', a number, a "
-            f"Tensor or a callable; got {type(replacement).__name__}."
-        )
-    for i, (r, x) in enumerate(zip(specs, xs)):
-        check_broadcasts_to(
-            r, x, f"`replacement[{i}]`" if is_tuple else "`replacement`"
-        )
-    return specs
-
-
-def _make_fill(
-    spec: Any, x: Tensor, region_map: Tensor, n_regions: int, patch_size: int
-) -> Tensor:
-    """The replacement value of every pixel (broadcastable to ``x``)."""
-    if spec == "patch_mean":
-        return region_means(x, region_map, n_regions)
-    if spec == "zero":
-        return torch.zeros((1,) * x.dim(), dtype=x.dtype, device=x.device)
-    if spec == "blur":
-        return gaussian_blur(x, patch_size / 2.0)
-    if isinstance(spec, float):
-        return torch.full((1,) * x.dim(), spec, dtype=x.dtype, device=x.device)
-    if isinstance(spec, Tensor):
-        return spec.detach().to(device=x.device, dtype=x.dtype)
-    fill = spec(x)
-    if not isinstance(fill, Tensor):
-        raise TypeError(
-            f"`replacement` callable must return a Tensor, got {type(fill).__name__}."
-        )
-    check_broadcasts_to(fill, x, "`replacement(inputs)`")
-    return fill.detach().to(device=x.device, dtype=x.dtype)
 
 
 def _patch_ranks(

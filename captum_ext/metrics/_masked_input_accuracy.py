@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _format_output
+from captum._utils.common import _format_output
 from captum._utils.progress import progress
 from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import repeat_forward_args, slice_forward_args
@@ -20,7 +21,15 @@ from captum_ext._utils.validation import (
 )
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
 from captum_ext.attr._core.recursive_mask import RecursiveMaskAttribution
-from captum_ext.metrics._curves import batched_outputs
+from captum_ext.metrics._curves import (
+    BatchSize,
+    batched_outputs,
+    check_batch_size,
+    check_examples,
+    check_finite_explanations,
+    check_forward_args,
+    examples_per_pass,
+)
 
 
 def _format_labels(labels: Any, n: int, device: torch.device) -> Tensor:
@@ -61,6 +70,7 @@ def _format_masks(masks: Any, inputs: tuple[Tensor, ...], is_tuple: bool) -> Any
         if not isinstance(m, Tensor):
             raise TypeError(f"`{label}` must be a Tensor, got {type(m).__name__}.")
         check_broadcasts_to(m, x, f"`{label}`")
+    check_finite_explanations(tuple(m.detach() for m in masks_tuple), "masks")
     return masks_tuple
 
 
@@ -77,13 +87,14 @@ def _check_logits(output: Tensor, labels: Tensor) -> None:
         )
 
 
+@log_usage(part_of_slo=True)
 def masked_input_accuracy(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
     masks: TensorOrTupleOfTensorsGeneric,
     labels: Tensor | list[int],
     additional_forward_args: Any = None,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
 ) -> Tensor:
     r"""Masked input accuracy (MIA, eq. 12 of the GxSI paper), per example.
 
@@ -108,17 +119,22 @@ def masked_input_accuracy(
     Args:
         forward_func (Callable): The model; returns class scores
             ``(N, n_classes)``.
-        inputs (Tensor or tuple[Tensor, ...]): Inputs ``x``; a tuple is passed
-            to ``forward_func`` as separate arguments.
-        masks (Tensor or tuple[Tensor, ...]): Masks with the structure of
-            ``inputs``, each broadcastable to its input (e.g. ``(N, 1, H, W)``
-            for ``(N, 3, H, W)`` images).
+        inputs (Tensor or tuple[Tensor, ...]): Inputs ``x`` (at least one
+            example); a tuple is passed to ``forward_func`` as separate
+            arguments.
+        masks (Tensor or tuple[Tensor, ...]): Finite masks with the structure
+            of ``inputs``, each broadcastable to its input (e.g.
+            ``(N, 1, H, W)`` for ``(N, 3, H, W)`` images).
         labels (Tensor or list[int]): Class ``t`` of each example, ``(N,)``.
         additional_forward_args (Any, optional): Extra arguments passed to
-            ``forward_func`` after the inputs; tensors whose first dimension is
-            ``N`` are sliced with the examples. Default: None.
-        max_examples_per_batch (int, optional): Most examples per forward
-            pass (None: all at once). Default: None.
+            ``forward_func`` after the inputs. As in Captum, every tensor
+            with a dimension is per-example (first dimension ``N``) and is
+            sliced with the examples; other values are passed unchanged.
+            Default: None.
+        max_examples_per_batch (int, None or "auto", optional): Most examples
+            per forward pass; None: all at once (as in Captum); ``"auto"``: at
+            most 2**21 input elements per pass, which bounds memory.
+            Default: ``"auto"``.
 
     Returns:
         Tensor: ``(N,)`` bool, True where ``argmax f(x * m) == label``.
@@ -129,19 +145,24 @@ def masked_input_accuracy(
         >>> mia = masked_input_accuracy(model, x, masks, y).float().mean()
     """
     is_tuple, inputs_tuple = format_inputs(inputs, require_float=False)
+    n = check_examples(inputs_tuple, is_tuple)
     masks_tuple = _format_masks(masks, inputs_tuple, is_tuple)
-    n = inputs_tuple[0].shape[0]
     labels_t = _format_labels(labels, n, inputs_tuple[0].device)
-    check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
+    check_batch_size(max_examples_per_batch)
+    afa = check_forward_args(additional_forward_args, n)
     with torch.no_grad():
         masked = tuple(x * m for x, m in zip(inputs_tuple, masks_tuple))
         output = batched_outputs(
-            forward_func, masked, additional_forward_args, max_examples_per_batch
+            forward_func,
+            masked,
+            afa,
+            examples_per_pass(max_examples_per_batch, inputs_tuple),
         )
     _check_logits(output, labels_t)
     return output.argmax(dim=1) == labels_t
 
 
+@log_usage(part_of_slo=True)
 def masked_input_accuracy_curve(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -153,7 +174,7 @@ def masked_input_accuracy_curve(
     attribution_kwargs: dict[str, Any] | None = None,
     per_channel: bool = True,
     show_progress: bool = False,
-    max_examples_per_batch: int | None = None,
+    max_examples_per_batch: BatchSize = "auto",
 ) -> Tensor:
     r"""Masked input accuracy after 0, 1, ..., ``n_iterations`` mask iterations.
 
@@ -185,15 +206,17 @@ def masked_input_accuracy_curve(
     Args:
         forward_func (Callable): The model; returns class scores
             ``(N, n_classes)``.
-        inputs (Tensor or tuple[Tensor, ...]): Inputs; a tuple is passed to
-            ``forward_func`` as separate arguments.
+        inputs (Tensor or tuple[Tensor, ...]): Inputs (at least one
+            example); a tuple is passed to ``forward_func`` as separate
+            arguments.
         labels (Tensor or list[int]): True class of each example, ``(N,)``.
         attribution_method (type or Attribution): The method the masks are
             built from, as in :class:`RecursiveMaskAttribution` (a class
             constructed on ``forward_func`` or a ready instance).
             Default: :class:`captum_ext.attr.GradientSignInput`.
         additional_forward_args (Any, optional): Extra arguments passed to
-            ``forward_func`` after the inputs. Default: None.
+            ``forward_func`` after the inputs; every tensor with a dimension
+            is per-example, as in Captum. Default: None.
         n_iterations (int): Number of mask iterations ``I``. Default: 10.
         mask_target (str): ``"label"`` (the paper's protocol, leaks the label)
             or ``"predicted"`` (the clean prediction). Default: ``"label"``.
@@ -206,8 +229,11 @@ def masked_input_accuracy_curve(
             :class:`RecursiveMaskAttribution`). Default: True.
         show_progress (bool): Show a progress bar over example chunks.
             Default: False.
-        max_examples_per_batch (int, optional): Most examples per attribution
-            call and per forward pass (None: all at once). Default: None.
+        max_examples_per_batch (int, None or "auto", optional): Most examples
+            per attribution call and per forward pass; None: all at once (as
+            in Captum); ``"auto"``: at most 2**21 input elements per call or
+            pass, which bounds memory. The result does not depend on it.
+            Default: ``"auto"``.
 
     Returns:
         Tensor: ``(N, n_iterations + 1)`` bool; column ``i`` is correct
@@ -222,10 +248,10 @@ def masked_input_accuracy_curve(
         ...                                      mask_target="predicted")
     """
     is_tuple, inputs_tuple = format_inputs(inputs)
-    n = inputs_tuple[0].shape[0]
+    n = check_examples(inputs_tuple, is_tuple)
     labels_t = _format_labels(labels, n, inputs_tuple[0].device)
     check_positive_int(n_iterations, "n_iterations")
-    check_positive_int(max_examples_per_batch, "max_examples_per_batch", True)
+    check_batch_size(max_examples_per_batch)
     if mask_target not in ("label", "predicted"):
         raise ValueError(
             f"`mask_target` must be 'label' or 'predicted', got {mask_target!r}."
@@ -245,17 +271,18 @@ def masked_input_accuracy_curve(
             "masked_input_accuracy_curve."
         )
     masker = RecursiveMaskAttribution(forward_func, attribution_method)
-    afa = _format_additional_forward_args(additional_forward_args)
+    afa = check_forward_args(additional_forward_args, n)
+    per_pass = examples_per_pass(max_examples_per_batch, inputs_tuple)
 
     with torch.no_grad():
-        clean = batched_outputs(forward_func, inputs_tuple, afa, max_examples_per_batch)
+        clean = batched_outputs(forward_func, inputs_tuple, afa, per_pass)
     _check_logits(clean, labels_t)
     predicted = clean.argmax(dim=1)
     targets = labels_t if mask_target == "label" else predicted
     result = torch.zeros(n, n_iterations + 1, dtype=torch.bool, device=labels_t.device)
     result[:, 0] = predicted == labels_t
 
-    step = n if max_examples_per_batch is None else max_examples_per_batch
+    step = n if per_pass is None else per_pass
     starts = range(0, n, max(1, step))
     for start in progress(
         starts,
@@ -286,7 +313,7 @@ def masked_input_accuracy_curve(
                 forward_func,
                 masked,
                 repeat_forward_args(chunk_afa, n_iterations, c),
-                max_examples_per_batch,
+                per_pass,
             )
         correct = output.argmax(dim=1).view(n_iterations, c) == labels_t[sl]
         result[sl, 1:] = correct.t()

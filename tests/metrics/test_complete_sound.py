@@ -181,16 +181,19 @@ def test_worst_case_convenience() -> None:
     torch.testing.assert_close(
         calls[0]["target"], torch.cat([top2.indices[:, 0], top2.indices[:, 1]])
     )
+    fractions = [0.2 + 0.4 * j / 5 for j in range(6)]
     for col in range(2):
         t = top2.indices[:, col]
         masks = x.abs() * (1 + t.view(-1, 1, 1, 1))
-        g = saliency_auc(
-            model, x, masks, target=t, n_points=6, fraction_range=(0.2, 0.6)
-        )
+        # independent references: the naive loop and eq. 1 written out
+        g = _naive_saliency_auc(model, x, masks, t.tolist(), 0.0, fractions)
         torch.testing.assert_close(res.saliency_auc[:, col], g)
-        p = top2.values[:, col]
-        torch.testing.assert_close(res.completeness[:, col], completeness(g, p))
-        torch.testing.assert_close(res.soundness[:, col], soundness(g, p))
+        for i in range(4):
+            gi, pi = float(g[i]), float(top2.values[i, col])
+            comp = min(max(0.01, gi) / min(1.0, pi), 1.0)
+            sound = min(max(0.1, pi) / gi, 1.0) if gi > 0 else 1.0
+            assert float(res.completeness[i, col]) == pytest.approx(comp, rel=1e-5)
+            assert float(res.soundness[i, col]) == pytest.approx(sound, rel=1e-5)
         torch.testing.assert_close(res.masks[col], masks)
     torch.testing.assert_close(res.worst_completeness, res.completeness.min(1).values)
     torch.testing.assert_close(res.worst_soundness, res.soundness.min(1).values)

@@ -238,6 +238,67 @@ def test_bad_arguments() -> None:
             deletion_auc(model, kw.pop("inputs"), kw.pop("attributions"), **kw)
     assert model.calls == 0
     with pytest.raises(ValueError, match="blur"):
-        insertion_auc(lambda v: v, torch.randn(2, 6), torch.randn(2, 6), fill="blur")
+        insertion_auc(lambda v: v, torch.randn(2, 6), torch.randn(2, 6), 0, fill="blur")
     with pytest.raises(ValueError, match="out of range"):
         insertion_auc(model, x, a, target=9)
+
+
+def test_callable_fill_target_none_and_negative_target() -> None:
+    """The shared fill vocabulary (a callable) and Captum's target semantics:
+    None takes a one-score-per-example ``probability_fn`` output whole, and a
+    negative class indexes from the end."""
+    model = CountingCNN().eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 2, 6, 5, generator=gen)
+    attr = torch.randn(2, 1, 6, 5, generator=gen)
+    flipped = x.flip(-1)
+    _, want = _naive_curve(model, x, attr, [3, 3], flipped, 10, "delete")
+    _, got = deletion_auc(
+        model,
+        x,
+        attr,
+        target=-1,
+        fill=lambda t: t.flip(-1),
+        n_steps=10,
+        return_curves=True,
+    )
+    torch.testing.assert_close(got, want)
+    _, got_none = deletion_auc(
+        model,
+        x,
+        attr,
+        fill=flipped,
+        n_steps=10,
+        return_curves=True,
+        probability_fn=lambda out: out.softmax(1)[:, 3:],
+    )
+    torch.testing.assert_close(got_none, want)
+    _, got_tensor = deletion_auc(
+        model,
+        x,
+        attr,
+        torch.tensor([-1, 3]),
+        flipped,
+        10,
+        return_curves=True,
+    )
+    torch.testing.assert_close(got_tensor, want)
+
+
+def test_auto_batch_default_equals_one_pass(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captum_ext.metrics import _curves
+
+    model = CountingCNN().eval()
+    x, attr = torch.randn(3, 2, 6, 5), torch.randn(3, 2, 6, 5)
+    whole = insertion_auc(
+        model, x, attr, target=1, n_steps=10, max_examples_per_batch=None
+    )
+    assert model.calls == 1  # None: all 33 inputs at once, as in Captum
+    model.calls = model.rows = 0
+    monkeypatch.setattr(_curves, "AUTO_BATCH_ELEMENTS", 4 * 60)  # 4 inputs a pass
+    auto = insertion_auc(model, x, attr, target=1, n_steps=10, show_progress=True)
+    assert model.calls == 9 and model.rows == 33  # ceil(33 / 4)
+    torch.testing.assert_close(auto, whole, rtol=1e-6, atol=1e-7)
+    assert "insertion" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def naive_degradation(
     ("side", "patch_size", "n_steps", "order"),
     [(10, 3, None, "morf"), (10, 3, 7, "lerf"), (9, 3, 5, "morf"), (10, 4, 9, "morf")],
 )
-@pytest.mark.parametrize("target", [[0, 4, 2], None])
+@pytest.mark.parametrize("target", [[0, 4, 2], "predicted"])
 def test_equals_naive_paper_reference(
     side: int, patch_size: int, n_steps: int | None, order: str, target: Any
 ) -> None:
@@ -89,11 +89,14 @@ def test_equals_naive_paper_reference(
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 3, side, side, generator=gen, dtype=torch.float64)
     a = torch.randn(3, 3, side, side, generator=gen, dtype=torch.float64)
+    ours: Any = target
+    if target == "predicted":  # the documented recipe for the predicted class
+        ours, target = model(x).argmax(1), None
     got = image_degradation(
         model,
         x,
         a,
-        target,
+        ours,
         patch_size,
         n_steps,
         "patch_mean",
@@ -105,7 +108,9 @@ def test_equals_naive_paper_reference(
 
 
 def test_top_patch_and_every_channel_are_replaced() -> None:
-    """The two bugs of the reference code (REFERENCE_NOTES, PatternNet) are absent."""
+    """The two deviations of the authors' degradation loop (DFKI-NLP/pgig,
+    https://github.com/DFKI-NLP/pgig) are absent: the top patch is degraded at
+    step 1, and channels with a negative patch mean are replaced too."""
     seen: list[Tensor] = []
 
     def recording_model(inp: Tensor) -> Tensor:
@@ -117,7 +122,9 @@ def test_top_patch_and_every_channel_are_replaced() -> None:
     a = torch.zeros(1, 1, 4, 4)
     a[0, 0, 2:, :2] = 5.0  # the bottom-left 2x2 patch is the top patch
     image_degradation(recording_model, x, a, target=0, patch_size=2, n_steps=1)
-    step1 = seen[1][0]  # call 0: intact input; call 1: step 1
+    assert len(seen) == 1 and seen[0].shape[0] == 2  # one pass: intact, step 1
+    torch.testing.assert_close(seen[0][0], x[0])
+    step1 = seen[0][1]
     for ch in range(2):
         patch = x[0, ch, 2:, :2]
         torch.testing.assert_close(step1[ch, 2:, :2], patch.mean().expand(2, 2))
@@ -204,7 +211,7 @@ def test_blur_replacement_and_blur_helper() -> None:
     torch.testing.assert_close(blurred, naive)
     const = torch.full((1, 2, 5, 5), 3.0, dtype=torch.float64)
     torch.testing.assert_close(gaussian_blur(const, 4.0), const)
-    # replacement="blur" uses sigma = patch_size / 2
+    # fill="blur" with blur_sigma=None uses sigma = patch_size / 2
     model = _cnn().double()
     xx = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     a = torch.randn(2, 3, 10, 10, dtype=torch.float64)
@@ -213,6 +220,81 @@ def test_blur_replacement_and_blur_helper() -> None:
         model, xx, a, [0, 1], 4, 5, lambda v: gaussian_blur(v, 2.0)
     )
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # ... and blur_sigma sets it, checked against the naive convolution above
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 7 * 9, 4)).double()
+    got = image_degradation(flat, x, x, [0, 3], 3, 5, "blur", blur_sigma=sigma)
+
+    def naive_blur(xb: Tensor, rc: tuple[slice, slice]) -> Tensor:
+        b = 0 if torch.equal(xb, x[0]) else 1
+        return naive[b][:, rc[0], rc[1]]
+
+    want = naive_degradation(flat, x, x, [0, 3], 3, 5, fill_fn=naive_blur)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_probability_fn_target_none_and_mean_fill() -> None:
+    """A custom ``probability_fn``; ``target=None`` takes its one score per
+    example (Captum's meaning); ``fill="mean"`` is the image's channel mean."""
+    model = _cnn().double()
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    a = torch.randn(2, 1, 10, 10, dtype=torch.float64)
+
+    def image_mean(xb: Tensor, rc: tuple[slice, slice]) -> Tensor:
+        return xb.mean(dim=(1, 2))[:, None, None].expand_as(xb[:, rc[0], rc[1]])
+
+    want = naive_degradation(model, x, a, [2, 4], 3, 6, fill_fn=image_mean)
+    got = image_degradation(model, x, a, [2, 4], 3, 6, "mean")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+    # log-probabilities: the naive curve's log, with the same target
+    got_log = image_degradation(
+        model, x, a, [2, 4], 3, 6, "mean", probability_fn=lambda o: o.log_softmax(1)
+    )
+    torch.testing.assert_close(got_log, want.log(), rtol=1e-10, atol=1e-12)
+    # target=None: probability_fn returns the tracked score itself
+    got_none = image_degradation(
+        model,
+        x,
+        a,
+        None,
+        3,
+        6,
+        "mean",
+        probability_fn=lambda o: o.softmax(1)[:, 2],
+    )
+    torch.testing.assert_close(got_none[0], want[0], rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="target=None"):
+        image_degradation(model, x, a, None, 3, 6, probability_fn=lambda o: o)
+
+
+def test_replacement_is_a_deprecated_alias_of_fill() -> None:
+    model = _cnn()
+    x, a = torch.randn(2, 3, 10, 10), torch.randn(2, 3, 10, 10)
+    want = image_degradation(model, x, a, 1, 3, 5, fill="zero")
+    with pytest.warns(DeprecationWarning, match="replacement"):
+        got = image_degradation(model, x, a, 1, 3, 5, replacement="zero")
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="fill"), pytest.warns(DeprecationWarning):
+        image_degradation(model, x, a, 1, 3, 5, fill=0.5, replacement="zero")
+
+
+def test_auto_batch_bounds_each_pass_and_keeps_results(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captum_ext.metrics import _curves
+
+    model = CallCounter(_cnn())
+    x, a = torch.randn(3, 3, 10, 10), torch.randn(3, 3, 10, 10)
+    target = torch.tensor([0, 2, 4])
+    whole = image_degradation(model, x, a, target, 3, 9, max_examples_per_batch=None)
+    assert model.calls == 1  # None: every perturbed image in one pass (Captum)
+    # the default cap, lowered to 7 images of 300 elements, splits 30 images
+    monkeypatch.setattr(_curves, "AUTO_BATCH_ELEMENTS", 7 * 300)
+    model.calls = 0
+    auto = image_degradation(model, x, a, target, 3, 9, show_progress=True)
+    assert model.calls == 5  # ceil(30 / 7)
+    torch.testing.assert_close(auto, whole, rtol=1e-6, atol=1e-7)
+    assert "30/30" in capsys.readouterr().err
 
 
 def test_random_order_uses_generator_only() -> None:
@@ -300,7 +382,7 @@ def test_known_relevant_region_morf_below_lerf() -> None:
         "target": 0,
         "patch_size": 2,
         "n_steps": None,
-        "replacement": "zero",
+        "fill": "zero",
     }
     morf = image_degradation(region_model, x, correct, order="morf", **kw)
     lerf = image_degradation(region_model, x, correct, order="lerf", **kw)
@@ -374,12 +456,15 @@ def test_inputs_untouched_and_no_grad_context() -> None:
         ({"patch_size": 2.0}, ValueError, "patch_size"),
         ({"n_steps": 0}, ValueError, "n_steps"),
         ({"n_steps": 17}, ValueError, "number of patches"),
-        ({"replacement": "mean"}, ValueError, "replacement"),
-        ({"replacement": True}, TypeError, "replacement"),
-        ({"replacement": torch.zeros(2, 2, 1, 1)}, ValueError, "broadcast"),
-        ({"replacement": (torch.zeros(1),)}, TypeError, "replacement"),
-        ({"replacement": [0.0]}, TypeError, "replacement"),
-        ({"replacement": lambda t: 1.0}, TypeError, "callable"),
+        ({"fill": "grey"}, ValueError, "fill"),
+        ({"fill": True}, TypeError, "fill"),
+        ({"fill": torch.zeros(2, 2, 1, 1)}, ValueError, "broadcast"),
+        ({"fill": (torch.zeros(1), torch.zeros(1))}, ValueError, "fill"),
+        ({"fill": [0.0]}, TypeError, "fill"),
+        ({"fill": lambda t: 1.0}, TypeError, "callable"),
+        ({"fill": "blur", "blur_sigma": 0.0}, ValueError, "blur_sigma"),
+        ({"probability_fn": "softmax"}, TypeError, "probability_fn"),
+        ({"target": None}, ValueError, "target=None"),
         ({"order": "best"}, ValueError, "order"),
         ({"generator": 3}, TypeError, "generator"),
         ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch"),
@@ -413,6 +498,7 @@ def test_model_with_scalar_output_is_refused() -> None:
             lambda x: x.sum((1, 2, 3)),
             torch.randn(2, 1, 4, 4),
             torch.randn(2, 1, 4, 4),
+            target=0,
             patch_size=2,
             n_steps=2,
         )

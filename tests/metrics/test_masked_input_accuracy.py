@@ -127,7 +127,9 @@ def test_curve_equals_masks_then_metric(
     with torch.no_grad():
         assert torch.equal(curve[:, 0], cnn(x).argmax(1) == y)
     for i in range(4):
-        assert torch.equal(curve[:, i + 1], masked_input_accuracy(cnn, x, masks[i], y))
+        with torch.no_grad():
+            want = cnn(x * masks[i]).argmax(1) == y  # eq. 12, written out
+        assert torch.equal(curve[:, i + 1], want)
     for chunk in (4, 50):
         chunked = masked_input_accuracy_curve(
             cnn, x, y, GradientSignInput, n_iterations=4, max_examples_per_batch=chunk
@@ -244,3 +246,32 @@ def test_curve_repeats_per_example_forward_args_for_each_iteration() -> None:
             max_examples_per_batch=chunk,
         )
         assert torch.equal(got, single)
+
+
+def test_auto_batch_default_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ``"auto"`` cap splits the passes, not the result."""
+    from captum_ext.metrics import _curves
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    x, y = torch.randn(9, 1, 4, 4), torch.randint(0, 5, (9,))
+    m = torch.rand(9, 1, 4, 4)
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(lambda mod, inp: rows.append(len(inp[0])))
+    try:
+        whole = masked_input_accuracy(model, x, m, y, max_examples_per_batch=None)
+        curve = masked_input_accuracy_curve(
+            model, x, y, n_iterations=2, max_examples_per_batch=None
+        )
+        assert rows[0] == 9
+        monkeypatch.setattr(_curves, "AUTO_BATCH_ELEMENTS", 4 * 16)  # 4 per pass
+        rows.clear()
+        assert torch.equal(masked_input_accuracy(model, x, m, y), whole)
+        assert rows == [4, 4, 1]
+        assert torch.equal(
+            masked_input_accuracy_curve(model, x, y, n_iterations=2), curve
+        )
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        assert torch.equal(whole, model(x * m).argmax(1) == y)
