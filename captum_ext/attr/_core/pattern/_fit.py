@@ -210,7 +210,10 @@ class _LayerStats:
         for s, (lo, hi) in zip(x.shape[2:], pads):
             in_per_img *= s + lo + hi
         k_numel = int(self.weight[0, 0].numel())
-        unfold = dims == 2 and positions < _UNFOLD_POSITIONS
+        pointwise = k_numel == 1 and all(st == 1 for st in conv.stride)
+        pointwise = pointwise and not any(lo or hi for lo, hi in pads)
+        unfold = not pointwise and dims == 2 and groups == 1
+        unfold = unfold and positions < _UNFOLD_POSITIONS
         per_img = in_per_img + 2 * c_out * positions
         if unfold:
             per_img += c_in * k_numel * positions  # the im2col patches
@@ -242,7 +245,14 @@ class _LayerStats:
                 my.mul_(m)
             else:
                 m.fill_(1.0)
-            if unfold:
+            if pointwise:
+                # 1x1 convolutions: the patches are the inputs themselves
+                zz = z.view(ni, groups, 2 * cg, positions)
+                rc = torch.einsum(
+                    "ngol,ngkl->gok", zz, xc.reshape(ni, groups, -1, positions)
+                )
+                zc = zz.sum(dim=(0, 3), dtype=f64)
+            elif unfold:
                 # few output positions: an explicit im2col and one (batched)
                 # matrix product beat the weight-gradient kernel on CPUs
                 u = F.unfold(
@@ -251,14 +261,11 @@ class _LayerStats:
                     dilation=tuple(conv.dilation),
                     stride=tuple(conv.stride),
                 )
+                zt = z.view(ni, 2 * cg, positions).transpose(1, 2)
+                rc = zt.reshape(-1, 2 * cg).T @ u.transpose(1, 2).reshape(
+                    -1, u.shape[1]
+                )
                 zz = z.view(ni, groups, 2 * cg, positions)
-                if groups == 1:
-                    zt = zz[:, 0].transpose(1, 2).reshape(-1, 2 * cg)
-                    rc = zt.T @ u.transpose(1, 2).reshape(-1, u.shape[1])
-                else:
-                    rc = torch.einsum(
-                        "ngol,ngkl->gok", zz, u.view(ni, groups, -1, positions)
-                    )
                 zc = zz.sum(dim=(0, 3), dtype=f64)
             else:
                 _, rc, zc = torch.ops.aten.convolution_backward(
