@@ -54,7 +54,12 @@ class _StartFromOutput(_PatternAttributionBase):
         validate_target(target, inputs_tuple[0].shape[0])
         layers, weights = self._backward_layers()
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs_tuple)
-        with torch.enable_grad(), pattern_backward(self._model, layers, weights):
+        with (
+            torch.enable_grad(),
+            pattern_backward(
+                self._model, layers, weights, self._divide_batchnorm_by_scale
+            ),
+        ):
             selected = self._forward_select(leaves, target, additional_forward_args)
             grads = torch.autograd.grad(
                 selected,
@@ -66,6 +71,7 @@ class _StartFromOutput(_PatternAttributionBase):
             torch.zeros_like(x) if g is None else g.detach()
             for x, g in zip(leaves, grads)
         )
+        self._warn_non_finite(attributions, inputs_tuple)
         return cast(
             TensorOrTupleOfTensorsGeneric,
             _format_output(is_inputs_tuple, attributions),
@@ -99,22 +105,29 @@ class PatternNet(_StartFromOutput):
     :math:`s = a\,y`). It is not multiplied by the input.
 
     The rules are applied with forward hooks that swap each ``nn.Linear`` /
-    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
-    removed in ``finally``). Every other operation, including functional
+    ``nn.Conv1d/2d/3d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). BatchNorm, gated activations (SiLU, Hardswish,
+    GELU) and SqueezeExcitation gates get the rules listed in
+    ``docs/patterns.md``; every other operation, including functional
     activations in custom ``forward`` methods, keeps its ordinary gradient.
+    Finite inputs with non-finite attributions give a warning.
     The model must not end in a softmax (a warning is issued): explain logits.
 
     Args:
-        model (nn.Module): The model (BatchNorm folded, see
-            :func:`captum_ext.models.fold_batchnorm`).
-        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
-            of ``model`` (:func:`fit_patterns`).
+        model (nn.Module): The model, in eval mode. Eval-mode BatchNorm is
+            handled as the per-channel affine map it is (no folding needed);
+            attention, LayerNorm and other layers outside the pattern theory
+            are refused here, naming the module.
+        patterns (PatternSet): Patterns of every ``nn.Linear`` /
+            ``nn.Conv1d/2d/3d`` of ``model`` (:func:`fit_patterns`).
 
     Examples::
 
         >>> patterns = fit_patterns(model, train_loader)
         >>> signal = PatternNet(model, patterns).attribute(images, target=labels)
     """
+
+    _divide_batchnorm_by_scale = True
 
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
         """Takes ``model`` and ``patterns`` (see above), not a ``forward_func``."""
@@ -148,16 +161,21 @@ class PatternAttribution(_StartFromOutput):
     it is zero at saturated plateaus (see :class:`PatternGuidedIG`).
 
     The rules are applied with forward hooks that swap each ``nn.Linear`` /
-    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
-    removed in ``finally``). Every other operation, including functional
+    ``nn.Conv1d/2d/3d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). BatchNorm, gated activations (SiLU, Hardswish,
+    GELU) and SqueezeExcitation gates get the rules listed in
+    ``docs/patterns.md``; every other operation, including functional
     activations in custom ``forward`` methods, keeps its ordinary gradient.
+    Finite inputs with non-finite attributions give a warning.
     The model must not end in a softmax (a warning is issued): explain logits.
 
     Args:
-        model (nn.Module): The model (BatchNorm folded, see
-            :func:`captum_ext.models.fold_batchnorm`).
-        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
-            of ``model`` (:func:`fit_patterns`).
+        model (nn.Module): The model, in eval mode. Eval-mode BatchNorm is
+            handled as the per-channel affine map it is (no folding needed);
+            attention, LayerNorm and other layers outside the pattern theory
+            are refused here, naming the module.
+        patterns (PatternSet): Patterns of every ``nn.Linear`` /
+            ``nn.Conv1d/2d/3d`` of ``model`` (:func:`fit_patterns`).
 
     Examples::
 
