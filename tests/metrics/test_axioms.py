@@ -427,9 +427,15 @@ def test_ig_satisfies_ndp_and_gradient_methods_do_not() -> None:
     ig = ndp_violation(IntegratedGradients(m), m, x, 0.0, 1, attribute_kwargs=IG_KW)
     assert ig.details["premise"].all()
     assert ig.max() == 0.0
-    # Gradient * Input: x_i * (dF/dx_i - c sign(x_i - x_i)) can be negative
-    ixg = ndp_violation(InputXGradient(m), m, x, 0.0, 1)
-    assert ixg.details["premise"].all() and ixg.max() > 0
+    # the gradient of the shifted model, dF/dx_i + c sign(x_i - x'_i), is negative
+    # where x_i < x'_i: a gradient map violates NDP
+    sal = ndp_violation(Saliency(m), m, x, 0.0, 1, attribute_kwargs={"abs": False})
+    assert sal.details["premise"].all() and sal.max() > 0.5
+    # Gradient * Input with baseline 0 is x_i dF/dx_i + c |x_i| >= 0 on the shifted
+    # model, but not with another baseline
+    ixg0 = ndp_violation(InputXGradient(m), m, x, 0.0, 1)
+    ixg = ndp_violation(InputXGradient(m), m, x, 0.5, 1)
+    assert ixg0.max() == 0.0 and ixg.max() > 0
     bad = ndp_violation(_flipped_ig(0), m, x, 0.0, 1)
     assert bad.min() > 0
     # the flipped feature carries all the negative mass: IG_0 on the shifted model

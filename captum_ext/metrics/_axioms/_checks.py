@@ -32,6 +32,7 @@ from captum_ext.metrics._axioms._methods import Method, MethodType
 from captum_ext.metrics._axioms._wrappers import (
     CombinationWrapper,
     DummyWrapper,
+    LinearShiftWrapper,
     MonotoneWrapper,
     OneFeatureWrapper,
     SymmetrisedWrapper,
@@ -873,8 +874,10 @@ def ndp_violation(
     then :math:`E(x, X', F) \ge 0`. Monotone path methods (IG) satisfy it.
 
     With ``shift="auto"`` (default) the model is made non-decreasing towards
-    x, as in the proof of theorem 2: :math:`G(y) = F(y) - c\,\|y - x\|_1`
-    grows along every monotone path that ends at x wherever
+    x, as in the proof of theorem 2 (add a linear term): with one baseline,
+    :math:`G(y) = F(y) + c\,\operatorname{sign}(x - x')^\top y`; with
+    references, :math:`G(y) = F(y) - c\,\|y - x\|_1`. Both grow along every
+    monotone path to x (from x', from every reference) wherever
     :math:`c \ge \max_i |\partial_i F|`; c is ``margin`` times the largest
     partial derivative found at ``n_check`` points of the straight path(s)
     from the baseline (every reference) to x. A number sets c; None uses F
@@ -976,7 +979,17 @@ def ndp_violation(
         model: Any = s.forward_func
         afa = s.afa
         vals = forward_rows(model, s, s.layout.unflatten(pts), tgt, pafa)
+    elif s.references is None:
+        # one baseline: the linear shift c sign(x - x') . y
+        model = LinearShiftWrapper(s.forward_func, s.layout, len(s.xs), _n_afa(s.afa))
+        assert s.baselines is not None
+        w = c.to(x.dtype).unsqueeze(1) * torch.sign(x - s.layout.flatten(s.baselines))
+        afa = rows_afa(s.afa, _ar(s), s.n, (w,))
+        vals = forward_rows(
+            model, s, s.layout.unflatten(pts), tgt, rows_afa(s.afa, ex, s.n, (w[ex],))
+        )
     else:
+        # many references: -c ||y - x||_1 grows towards x from every one of them
         model = MonotoneWrapper(s.forward_func, s.layout, len(s.xs), _n_afa(s.afa))
         afa = rows_afa(s.afa, _ar(s), s.n, (x, c.to(x.dtype)))
         vals = forward_rows(

@@ -49,20 +49,33 @@ class PerModel:
 
 
 def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` names the parameter.
+
+    A ``**kwargs`` catch-all does not count: RecursiveMaskAttribution forwards
+    it to a method that may not take ``baselines``.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return True
     if name in params:
         return True
-    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    inner = getattr(getattr(fn, "__self__", None), "attribution_method", None)
+    catch_all = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if catch_all and inner is not None and hasattr(inner, "attribute"):
+        # NoiseTunnel passes its **kwargs to the method it wraps
+        return _takes(inner.attribute, name)
+    return False
 
 
 def _rebind(method: Any, model: Any) -> Any:
     """A shallow copy of an Attribution instance that explains ``model``."""
-    if isinstance(method, NoiseTunnel):
+    inner = getattr(method, "attribution_method", None)
+    if isinstance(method, NoiseTunnel) or hasattr(inner, "attribute"):
+        # wrappers of another method (NoiseTunnel, RecursiveMaskAttribution):
+        # rebind the wrapped method too
         out = copy.copy(method)
-        out.attribution_method = _rebind(method.attribution_method, model)
+        out.attribution_method = _rebind(inner, model)
         out.forward_func = model
         return out
     if hasattr(method, "layer"):

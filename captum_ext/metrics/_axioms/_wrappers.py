@@ -37,15 +37,28 @@ class _Wrapper(nn.Module):
         )
         return fn(*xs, *afa)
 
+    #: number of per-row tensors the check appends to the forward args
+    n_tags = 0
+
     def split(
         self, args: tuple[Any, ...]
     ) -> tuple[tuple[Tensor, ...], tuple[Any, ...], tuple[Any, ...]]:
         k, m = self.n_inputs, self.n_afa
+        if len(args) != k + m + self.n_tags:
+            raise TypeError(
+                f"{type(self).__name__} (a model built by an axiom check) needs the "
+                f"{self.n_tags} per-row argument(s) the check passes as "
+                "additional_forward_args; it was called without them (a method "
+                "that runs the model on its own data, such as fit_patterns, cannot "
+                "be used with this check)."
+            )
         return args[:k], args[k : k + m], args[k + m :]
 
 
 class DummyWrapper(_Wrapper):
     """``F(where(mask, fill, y))``: the masked features never enter the model."""
+
+    n_tags = 1
 
     def __init__(
         self, model: Any, layout: Layout, n_inputs: int, n_afa: int, mask: Tensor
@@ -86,6 +99,8 @@ class SymmetrisedWrapper(_Wrapper):
 class CombinationWrapper(_Wrapper):
     """``c_F F_{t_F}(y) + c_G G_{t_G}(y)`` per row, output ``(rows, 1)``."""
 
+    n_tags = 3
+
     def __init__(
         self, model: Any, other: Any, layout: Layout, n_inputs: int, n_afa: int
     ) -> None:
@@ -118,6 +133,8 @@ class CombinationWrapper(_Wrapper):
 class OneFeatureWrapper(_Wrapper):
     """``F(x_row with feature i_row taken from y)``: only feature ``i`` varies."""
 
+    n_tags = 2
+
     def forward(self, *args: Any) -> Tensor:
         xs, afa, (x_row, feature) = self.split(args)
         flat = self.layout.flatten(xs)
@@ -133,6 +150,8 @@ class MonotoneWrapper(_Wrapper):
     ``c >= max_i |dF/dy_i|``.
     """
 
+    n_tags = 2
+
     def __init__(self, model: Any, layout: Layout, n_inputs: int, n_afa: int) -> None:
         super().__init__(model, layout, n_inputs, n_afa)
         # |d| = ReLU(d) + ReLU(-d) with modules, so that rule-based methods
@@ -147,6 +166,24 @@ class MonotoneWrapper(_Wrapper):
         d = flat - x_row.to(flat.dtype)
         pen = c.to(flat.dtype) * (self.up(d) + self.down(-d)).sum(dim=1)
         return out - pen.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
+
+
+class LinearShiftWrapper(_Wrapper):
+    """``F(y) + w . y`` per row, with ``w = c sign(x - x')``.
+
+    Linear in ``y``, so rule-based methods (DeepLift) treat it exactly; it grows
+    along every monotone path from ``x'`` to ``x`` wherever
+    ``c >= max_i |dF/dy_i|``.
+    """
+
+    n_tags = 1
+
+    def forward(self, *args: Any) -> Tensor:
+        xs, afa, (w,) = self.split(args)
+        out = self.call(xs, afa)
+        flat = self.layout.flatten(xs)
+        shift = (flat * w.to(flat.dtype)).sum(dim=1)
+        return out + shift.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
 
 
 class SignSplit(nn.Module):
