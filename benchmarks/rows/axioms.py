@@ -150,11 +150,11 @@ def _naive_report(
                     float(torch.autograd.grad(model(p)[0, t], p)[0].abs().max())
                 )
             c = 2.0 * max(grads)
-            x_fix = xi.detach().clone()
+            w_shift = c * torch.sign(xi - bi).reshape(1, -1)  # the linear shift
 
-            def mono(y: Tensor, x_fix: Tensor = x_fix, c: float = c) -> Tensor:
-                pen = c * (y - x_fix).reshape(y.shape[0], -1).abs().sum(1, keepdim=True)
-                return model(y) - pen
+            def mono(y: Tensor, w_shift: Tensor = w_shift) -> Tensor:
+                shift = (y.reshape(y.shape[0], -1) * w_shift).sum(1, keepdim=True)
+                return model(y) + shift
 
             cols["NDP"].append(float((-attr(mono, xi, bi, t)).clamp_min(0).sum()))
 
