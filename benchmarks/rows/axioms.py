@@ -200,7 +200,7 @@ def _naive_report(
 
 
 def _row(device: torch.device, quick: bool) -> BenchRow:
-    n, steps = (8, 8) if quick else (32, 16)
+    n, steps = (8, 8) if quick else (64, 16)
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
