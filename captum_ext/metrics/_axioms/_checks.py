@@ -117,7 +117,7 @@ def completeness_violation(
 
     Returns:
         AxiomResult: ``violation`` the absolute gap ``(n,)``; ``details``:
-        ``"relative"`` (gap / max(|F(x) - F(x')|, eps)), ``"attribution_sum"``,
+        ``"relative"`` (gap / max(abs(F(x) - F(x')), eps)), ``"attribution_sum"``,
         ``"output_difference"``.
 
     Examples::
@@ -521,7 +521,7 @@ def linearity_violation(
 
     Returns:
         AxiomResult: ``violation`` ``(n,)``; ``details``: ``"relative"``
-        (violation / (|a| ||A(F)||_1 + |b| ||A(G)||_1)).
+        (violation / (abs(a) l1(A(F)) + abs(b) l1(A(G)))).
 
     Examples::
 
@@ -673,7 +673,7 @@ def symmetry_violation(
 
     Returns:
         AxiomResult: ``violation`` ``(n,)``; ``details``: ``"relative"``
-        (max over pairs of |A_i - A_j| / (|A_i| + |A_j|)), ``"pairs"``.
+        (max over pairs of abs(A_i - A_j) / (abs(A_i) + abs(A_j))), ``"pairs"``.
 
     Examples::
 
@@ -779,12 +779,12 @@ def implementation_invariance_violation(
             PatternAttribution with patterns fitted to G). Default: ``method``
             rebound to G (or built on G for a class / :class:`PerModel`).
         atol (float): Tolerance of the output-equality check, relative to
-            max |F(x)|.
+            the largest absolute output on the inputs.
         generator (torch.Generator, optional): For ``"permute_hidden"``.
 
     Returns:
         AxiomResult: ``violation`` ``(n,)``; ``details``: ``"relative"``
-        (violation / ||A(F)||_1), ``"attributions"`` and
+        (violation / l1(A(F))), ``"attributions"`` and
         ``"other_attributions"`` ``(n, D)``.
 
     Raises:

@@ -110,7 +110,7 @@ def local_lipschitz(
 
     Returns:
         AxiomResult: ``violation`` the estimate ``(n,)``; ``details``:
-        ``"sensitivity"`` (max ||A(y) - A(x)|| / ||A(x)||), ``"argmax"``
+        ``"sensitivity"`` (max of l2(A(y) - A(x)) / l2(A(x))), ``"argmax"``
         ``(n, D)`` the point reaching the estimate.
 
     Examples::
