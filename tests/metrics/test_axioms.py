@@ -780,3 +780,62 @@ def test_clear_errors_before_work() -> None:
 def test_passes_turns_violations_into_pass_fail() -> None:
     v = torch.tensor([0.0, 1e-3, float("nan"), 2.0])
     assert passes(v, 1e-3).tolist() == [True, True, False, False]
+
+
+def test_wrapping_methods_are_rebound_to_the_wrapped_model() -> None:
+    """NoiseTunnel and RecursiveMaskAttribution hold an inner method: it must
+    attribute the check's wrapper, not the original model."""
+    from captum.attr import NoiseTunnel
+
+    from captum_ext.attr import RecursiveMaskAttribution
+
+    m, x = _mlp(), _x()
+    nt = NoiseTunnel(IntegratedGradients(m))
+    res = dummy_violation(
+        nt,
+        m,
+        x,
+        None,
+        1,
+        features=[0, 2],
+        attribute_kwargs={"nt_samples": 3, "stdevs": 0.1},
+    )
+    assert res.max() == 0.0
+    rec = RecursiveMaskAttribution(m, Saliency(m))
+    res = dummy_violation(
+        rec,
+        m,
+        x,
+        None,
+        1,
+        features=[0, 2],
+        attribute_kwargs={"n_iterations": 1, "per_channel": False},
+    )
+    # a min-max normalised mask gives the ignored features the minimum, 0
+    assert res.max() == 0.0
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [completeness_violation, sensitivity_violation, symmetry_violation, ndp_violation],
+)
+def test_distributional_results_independent_of_chunking(fn: Any) -> None:
+    m, x, refs = _mlp(), _x(5), _refs(4)
+    dig = DistributionalIG(m)
+    kw: dict[str, Any] = {"pairs": [(0, 1)]} if fn is symmetry_violation else {}
+    full = fn(
+        dig, m, x, target=1, references=refs, attribute_kwargs={"n_steps": 10}, **kw
+    )
+    chunked = fn(
+        dig,
+        m,
+        x,
+        target=1,
+        references=refs,
+        attribute_kwargs={"n_steps": 10},
+        max_examples_per_batch=3,
+        **kw,
+    )
+    torch.testing.assert_close(
+        full.violation, chunked.violation, rtol=1e-10, atol=1e-12
+    )
