@@ -32,6 +32,7 @@ Conventions of the perturbation metrics (curves, AUCs, masked accuracy):
   scores gives a RuntimeWarning.
 """
 
+from captum_ext.metrics import axioms as axioms
 from captum_ext.metrics._complete_sound import (
     CompletenessSoundness,
     completeness,
@@ -56,24 +57,58 @@ from captum_ext.metrics._penalties import (
     contribution_covariance_penalty,
     modified_l2_penalty,
 )
+from captum_ext.metrics.axioms import (
+    AxiomReport,
+    AxiomResult,
+    PerModel,
+    axiom_report,
+    completeness_violation,
+    dummy_violation,
+    equivalent_model,
+    ig_lipschitz_bound,
+    implementation_invariance_violation,
+    linearity_violation,
+    local_lipschitz,
+    ndp_violation,
+    passes,
+    plot_axiom_report,
+    sensitivity_violation,
+    symmetry_violation,
+)
 
 __all__ = [
     "AblationPenalties",
+    "AxiomReport",
+    "AxiomResult",
     "CompletenessSoundness",
     "EvaluationBatchError",
     "EvaluationResult",
+    "PerModel",
     "ablation_penalties",
     "aopc",
+    "axiom_report",
     "completeness",
+    "completeness_violation",
     "contribution_covariance_penalty",
     "deletion_auc",
+    "dummy_violation",
+    "equivalent_model",
     "evaluate_attributions",
+    "ig_lipschitz_bound",
     "image_degradation",
+    "implementation_invariance_violation",
     "insertion_auc",
+    "linearity_violation",
+    "local_lipschitz",
     "masked_input_accuracy",
     "masked_input_accuracy_curve",
     "modified_l2_penalty",
+    "ndp_violation",
+    "passes",
+    "plot_axiom_report",
     "saliency_auc",
+    "sensitivity_violation",
     "soundness",
+    "symmetry_violation",
     "worst_case_completeness_soundness",
 ]

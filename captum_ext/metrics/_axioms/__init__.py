@@ -1,0 +1,1 @@
+"""Attribution axioms as executable checks (see :mod:`captum_ext.metrics.axioms`)."""
