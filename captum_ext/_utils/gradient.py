@@ -13,13 +13,34 @@ from torch import Tensor
 from captum_ext._utils.validation import check_target_in_range
 
 
+def check_grad_mode(who: str) -> None:
+    """Raise a clear RuntimeError when gradients cannot be taken.
+
+    Under ``torch.inference_mode()`` autograd records nothing (and
+    ``torch.enable_grad()`` cannot switch it back on), so every gradient
+    method would fail with "element 0 of tensors does not require grad".
+    Call this first in every gradient-based method (``who`` names it).
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{who} takes gradients, which is impossible under "
+            "torch.inference_mode(); call it outside that context (under "
+            "torch.no_grad() is fine: gradients are enabled where needed)."
+        )
+
+
 def run_forward_checked(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
     target: Any,
     additional_forward_args: Any,
 ) -> Tensor:
-    """Run the model and check its output and the target's range against it."""
+    """Run the model and check its output and the target's range against it.
+
+    Every caller takes gradients of this output, so this also refuses
+    ``torch.inference_mode()`` (:func:`check_grad_mode`) before the pass.
+    """
+    check_grad_mode("This attribution method")
     output = _run_forward(forward_func, inputs, None, additional_forward_args)
     if not isinstance(output, Tensor):
         raise TypeError(
@@ -51,22 +72,6 @@ def check_one_output_per_example(selected: Tensor) -> None:
         raise AssertionError(
             "Target not provided when necessary, cannot take gradient with "
             "respect to multiple outputs."
-        )
-
-
-def check_grad_mode(who: str) -> None:
-    """Raise a clear RuntimeError when gradients cannot be taken.
-
-    Under ``torch.inference_mode()`` autograd records nothing (and
-    ``torch.enable_grad()`` cannot switch it back on), so every gradient
-    method would fail with "element 0 of tensors does not require grad".
-    Call this first in every gradient-based method (``who`` names it).
-    """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{who} takes gradients, which is impossible under "
-            "torch.inference_mode(); call it outside that context (under "
-            "torch.no_grad() is fine: gradients are enabled where needed)."
         )
 
 

@@ -615,3 +615,9 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         raise NotImplementedError(
             "attribute_future is not implemented for PatchConductance"
         )
+
+
+#: The Captum-style name of :class:`PatchConductance` (Captum's layer methods
+#: are called ``Layer...``, e.g. :class:`~captum.attr.LayerConductance`): the
+#: same class.
+LayerPatchConductance = PatchConductance
