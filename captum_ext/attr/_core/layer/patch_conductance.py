@@ -197,17 +197,20 @@ class PatchConductance(LayerAttribution, GradientAttribution):
     ``jvp`` result as ``n_steps`` grows).
 
     Quadrature on residual stages: :math:`\mathrm{IG}_{S,j} +
-    \mathrm{IG}_{S^c,j}` and Captum's :class:`~captum.attr.LayerConductance`
-    approximate the same integral with different rules (exact directional
-    derivatives at the quadrature points here, finite differences of the
-    layer between consecutive points in Captum), so they agree only as
-    ``n_steps`` grows. On a random-weight torchvision ``resnet18``, stage
-    ``layer2`` at 3x32x32, ``directional="jvp"`` with ``gausslegendre`` has a
-    completeness delta at rounding level from a few steps on, while
-    Captum's finite differences converge at first order: the relative gap
-    between the two falls roughly as ``1 / n_steps`` (see the test
-    ``test_residual_stage_converges_to_layer_conductance``). Prefer ``jvp``
-    with ``gausslegendre`` when the model supports forward-mode AD.
+    \mathrm{IG}_{S^c,j}` is the conductance at the quadrature points (exact
+    with ``jvp``), while Captum's :class:`~captum.attr.LayerConductance`
+    integrates finite differences of the layer between consecutive points,
+    so the two agree only as ``n_steps`` grows. Measured on a random-weight
+    torchvision ``resnet18`` (stage ``layer2``, 2 images of 3x32x32, float64,
+    one patch and its complement), the relative gap with the same ``method``
+    is 3.3%, 0.26%, 1.7e-4 and 1.1e-5 at 8, 32, 128 and 512 steps with
+    ``gausslegendre`` (second order: about 16x smaller per 4x steps), and
+    7.1%, 1.6% and 0.39% at 8, 32 and 128 steps with ``riemann_trapezoid``
+    (first order, dominated by Captum's weights summing to
+    :math:`(n-1)/n`), while the completeness delta of ``jvp`` stays at
+    rounding level (below 1e-15). ``gausslegendre`` (the default) converges
+    much faster; see the test
+    ``test_residual_stage_converges_to_layer_conductance``.
 
     Like Captum's :class:`~captum.attr.LayerConductance`, the layer gradients
     come from a hooked forward / backward pass of the layer, not from
