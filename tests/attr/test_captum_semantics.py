@@ -242,3 +242,14 @@ def test_a_replaced_gradient_func_takes_effect(cls: str) -> None:
     doubled = method.attribute(x, **kw)
     assert len(calls) == (1 if cls == "GradientSignInput" else 3)
     _assert_rel_close(doubled, tuple(2 * p for p in plain), rel=1e-12)
+
+
+def test_pgig_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    model, x, base, afa = _setup()
+    pgig = PatternGuidedIG(model, _unit_patterns(model))
+    kw: dict[str, Any] = {"target": 1, "additional_forward_args": afa, "n_steps": 6}
+    plain = pgig.attribute(x, base, internal_batch_size=8, **kw)
+    shown = pgig.attribute(x, base, internal_batch_size=8, show_progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "PatternGuidedIG attribution" in err and "3/3" in err
+    _assert_rel_close(shown, plain, rel=1e-12)

@@ -522,3 +522,21 @@ def test_show_progress(
     )
     torch.testing.assert_close(shown, plain)
     assert "DistributionalIG" in capsys.readouterr().err
+
+
+def test_noise_tunnel_with_any_number_of_references(smooth_net: nn.Module) -> None:
+    """K = 5 references for 3 inputs: passed as (1, K, ...), NoiseTunnel leaves
+    them alone and each noisy input gets the exact expectation over all K
+    (stdevs=0: every noisy copy is the input, so the result is plain
+    DistributionalIG). The (K, ...) form is refused by NoiseTunnel itself."""
+    x = torch.randn(3, 6)
+    refs = torch.randn(5, 6)
+    nt = NoiseTunnel(DistributionalIG(smooth_net))
+    kw: dict[str, Any] = {"nt_type": "smoothgrad", "nt_samples": 4, "stdevs": 0.0}
+    out = nt.attribute(x, baselines=refs[None], target=[0, 1, 2], n_steps=8, **kw)
+    direct = DistributionalIG(smooth_net).attribute(
+        x, refs, target=[0, 1, 2], n_steps=8
+    )
+    torch.testing.assert_close(out, direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError, match="Baseline"):
+        nt.attribute(x, baselines=refs, target=[0, 1, 2], n_steps=8, **kw)

@@ -94,11 +94,16 @@ def _reference_tensors(
                 f"got {type(b).__name__}."
             )
         if isinstance(b, Tensor):
+            if b.dim() == x.dim() + 1 and b.shape[0] == 1:
+                # (1, K, ...): the form that passes through NoiseTunnel
+                b = b[0]
+                entries = tuple(b if j == i else e for j, e in enumerate(entries))
             if b.dim() != x.dim() or tuple(b.shape[1:]) != tuple(x.shape[1:]):
                 raise ValueError(
                     f"{name} must have shape (K, *inputs.shape[1:]) = "
-                    f"(K, {', '.join(str(s) for s in x.shape[1:])}): dimension 0 "
-                    f"indexes the K reference samples; got {tuple(b.shape)}."
+                    f"(K, {', '.join(str(s) for s in x.shape[1:])}) (or "
+                    "(1, K, *inputs.shape[1:]) inside NoiseTunnel): dimension "
+                    f"0 indexes the K reference samples; got {tuple(b.shape)}."
                 )
             if b.shape[0] == 0:
                 raise ValueError(f"{name} holds no reference samples (K = 0).")
@@ -287,16 +292,22 @@ class DistributionalIG(GradientAttribution):
                   and ``n = n_samples * batch size``; the first ``n_samples``
                   belong to example 0, and so on).
 
-                Inside :class:`~captum.attr.NoiseTunnel`: NoiseTunnel turns
-                ``baselines`` into one row per noisy input (``bsz * nt_samples``
-                rows; with ``draw_baseline_from_distrib=True`` it resamples the
-                K references with NumPy's global RNG, which ``generator`` does
-                not control; otherwise K must be 1 or the batch size and the
-                references are repeated). Those rows then form the reference
-                set, so with ``n_samples=None`` every noisy input is paired
-                with all of them, ``(bsz * nt_samples) ** 2`` pairs. Pass
-                ``n_samples=k`` to draw k references per noisy input from that
-                set instead (``bsz * nt_samples * k`` pairs).
+                Inside :class:`~captum.attr.NoiseTunnel`: NoiseTunnel checks
+                ``baselines`` itself, before calling this method, and accepts
+                only K = 1 or K = the batch size (any other K fails inside
+                Captum with an AssertionError that prints the tensors, which
+                this method cannot intercept). Two ways work for any K:
+
+                - ``baselines=references[None]``, shape ``(1, K, ...)``:
+                  NoiseTunnel passes it through unchanged and every noisy
+                  input is paired with all K references (the exact
+                  expectation, as outside NoiseTunnel);
+                - ``draw_baseline_from_distrib=True``: NoiseTunnel draws one
+                  reference per noisy input with NumPy's global RNG (which
+                  ``generator`` does not control); those ``bsz *
+                  nt_samples`` rows then form the reference set, so with
+                  ``n_samples=None`` every noisy input is paired with all of
+                  them, and ``n_samples=k`` draws k of them per noisy input.
             target (int, tuple, Tensor, or list, optional): Output indices for
                 which gradients are computed, with Captum's ``TargetType``
                 semantics. Default: None (the model returns a scalar per
