@@ -56,3 +56,28 @@ def target_for_rows(target: TargetType, ex: Tensor, bsz: int) -> TargetType:
         idx = ex.tolist()
         return [target[i] for i in idx]
     return _expand_target(target, 1)
+
+
+def forward_args_for_paths(afa: Any, ex: Tensor | None, n: int) -> Any:
+    """Forward args (a formatted tuple or None) for paths of examples ``ex``.
+
+    ``ex`` is None when the paths are the examples themselves, in order: the
+    arguments are then left as the user gave them (Captum's rule applies to
+    them unchanged). Otherwise every tensor that is not 0-d must have one row
+    per example (dimension 0 of size ``n``) and is gathered at ``ex``.
+    """
+    if afa is None or ex is None:
+        return afa
+    out = []
+    for i, a in enumerate(afa):
+        if isinstance(a, Tensor) and a.dim() > 0:
+            if a.shape[0] != n:
+                raise ValueError(
+                    f"`additional_forward_args[{i}]` has {a.shape[0]} rows, not one "
+                    f"per example ({n}): with several paths per example (several "
+                    "references), every tensor argument that is not 0-d must have "
+                    "one row per example so that each path gets its example's row."
+                )
+            a = a[ex.to(a.device)]
+        out.append(a)
+    return tuple(out)

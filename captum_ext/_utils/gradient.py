@@ -7,9 +7,26 @@ from typing import Any
 
 import torch
 from captum._utils.common import _run_forward, _select_targets
+from captum._utils.typing import TargetType
 from torch import Tensor
 
 from captum_ext._utils.validation import check_target_in_range
+
+
+def check_grad_mode(who: str) -> None:
+    """Raise a clear RuntimeError when gradients cannot be taken.
+
+    Under ``torch.inference_mode()`` autograd records nothing (and
+    ``torch.enable_grad()`` cannot switch it back on), so every gradient
+    method would fail with "element 0 of tensors does not require grad".
+    Call this first in every gradient-based method (``who`` names it).
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{who} takes gradients, which is impossible under "
+            "torch.inference_mode(); call it outside that context (under "
+            "torch.no_grad() is fine: gradients are enabled where needed)."
+        )
 
 
 def run_forward_checked(
@@ -18,7 +35,12 @@ def run_forward_checked(
     target: Any,
     additional_forward_args: Any,
 ) -> Tensor:
-    """Run the model and check its output and the target's range against it."""
+    """Run the model and check its output and the target's range against it.
+
+    Every caller takes gradients of this output, so this also refuses
+    ``torch.inference_mode()`` (:func:`check_grad_mode`) before the pass.
+    """
+    check_grad_mode("This attribution method")
     output = _run_forward(forward_func, inputs, None, additional_forward_args)
     if not isinstance(output, Tensor):
         raise TypeError(
@@ -53,21 +75,38 @@ def check_one_output_per_example(selected: Tensor) -> None:
         )
 
 
+def _grad_leaf(x: Tensor) -> Tensor:
+    """A fresh leaf that requires grad (an inference tensor is copied first)."""
+    return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
 def target_gradients(
-    forward_func: Callable[..., Any],
-    inputs: tuple[Tensor, ...],
-    target: Any,
-    additional_forward_args: Any,
+    forward_fn: Callable[..., Any],
+    inputs: Tensor | tuple[Tensor, ...],
+    target_ind: TargetType = None,
+    additional_forward_args: object = None,
 ) -> tuple[Tensor, ...]:
     """Gradients of the selected output with respect to ``inputs``.
 
-    The inputs are detached copies that require grad, so the caller's tensors
-    (and their ``requires_grad`` flags) are never touched. Grad is enabled even
-    when called under ``torch.no_grad()``.
+    The signature (and result) of Captum's ``compute_gradients``, the default
+    ``GradientAttribution.gradient_func``: the captum-ext classes install this
+    function as their ``gradient_func`` and call it through that attribute, so
+    a user's replacement takes effect. Differences: the target's range is
+    checked against the output with a clear message, one backward pass of the
+    summed output replaces Captum's ``unbind`` (same gradients), and inputs
+    that do not reach the output get zero gradients. The inputs are detached
+    copies that require grad, so the caller's tensors (and their
+    ``requires_grad`` flags) are never touched. Grad is enabled even when
+    called under ``torch.no_grad()``.
     """
-    leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
+    check_grad_mode("Computing gradients")
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    leaves = tuple(_grad_leaf(x) for x in inputs)
     with torch.enable_grad():
-        selected = forward_select(forward_func, leaves, target, additional_forward_args)
+        selected = forward_select(
+            forward_fn, leaves, target_ind, additional_forward_args
+        )
         check_one_output_per_example(selected)
         grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))

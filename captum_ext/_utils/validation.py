@@ -11,12 +11,17 @@ from torch import Tensor
 
 
 def format_inputs(
-    inputs: Any, name: str = "inputs", require_float: bool = True
+    inputs: Any,
+    name: str = "inputs",
+    require_float: bool = True,
+    allow_empty: bool = False,
 ) -> tuple[bool, tuple[Tensor, ...]]:
     """Check ``inputs`` (Tensor or tuple of Tensors) and return it as a tuple.
 
     Returns ``(is_tuple, inputs_tuple)``. Raises TypeError / ValueError that name
-    the argument when the structure, dtype or batch sizes are wrong.
+    the argument when the structure, dtype or batch sizes are wrong. The
+    empty-batch contract of every captum-ext class: a batch of zero examples
+    is a ValueError naming the argument (unless ``allow_empty``).
     """
     if isinstance(inputs, Tensor):
         is_tuple = False
@@ -55,6 +60,11 @@ def format_inputs(
             f"All tensors in `{name}` must share the batch size (dim 0); "
             f"got {[x.shape[0] for x in tensors]}."
         )
+    if not allow_empty and sizes == {0}:
+        raise ValueError(
+            f"`{name}` is an empty batch (dimension 0 has size 0); pass at least "
+            "one example."
+        )
     return is_tuple, tensors
 
 
@@ -62,15 +72,17 @@ def validate_target(target: Any, num_examples: int) -> None:
     """Check a Captum ``TargetType`` before any work.
 
     Wrong types raise TypeError; a list / tensor whose length does not match the
-    batch raises AssertionError, exactly as Captum does.
+    batch raises AssertionError, exactly as Captum does. Negative indices
+    follow Captum: an int, a 1-element tensor or the entries of a tuple index
+    from the end (``target=-1`` is the last class); the per-example entries of
+    an int list or a tensor go through ``torch.gather`` in Captum, which
+    refuses them, so they are refused here with a clear ValueError.
     """
     if target is None:
         return
     if isinstance(target, bool):
         raise TypeError("`target` must be an int, tuple, Tensor or list; got bool.")
     if isinstance(target, int):
-        if target < 0:
-            raise ValueError(f"`target` must be a non-negative index, got {target}.")
         return
     if isinstance(target, tuple):
         for t in target:
@@ -96,6 +108,12 @@ def validate_target(target: Any, num_examples: int) -> None:
                 f"example); got shape {tuple(target.shape)}."
             )
         _validate_target(num_examples, target)
+        if target.numel() > 1 and bool((target < 0).any()):
+            raise ValueError(
+                "`target` given as a Tensor of per-example indices must be >= 0 "
+                "(Captum selects them with torch.gather); got "
+                f"{int(target.min())}."
+            )
         return
     if isinstance(target, list):
         if len(target) == 0:
@@ -107,6 +125,12 @@ def validate_target(target: Any, num_examples: int) -> None:
                 f"got {sorted(k.__name__ for k in kinds)}."
             )
         _validate_target(num_examples, target)
+        if kinds <= {int} and min(target) < 0:
+            raise ValueError(
+                "`target` given as a list of per-example ints must hold indices "
+                "that are >= 0 (Captum selects them with torch.gather); got "
+                f"{min(target)}."
+            )
         return
     raise TypeError(
         "`target` must be None, an int, a tuple, a Tensor or a list; "

@@ -8,7 +8,10 @@ inside :class:`captum.attr.NoiseTunnel` and :func:`captum.metrics.sensitivity_ma
 
 from captum_ext.attr._core.distributional_ig import DistributionalIG
 from captum_ext.attr._core.gradient_sign_input import GradientSignInput
-from captum_ext.attr._core.layer.patch_conductance import PatchConductance
+from captum_ext.attr._core.layer.patch_conductance import (
+    LayerPatchConductance,
+    PatchConductance,
+)
 from captum_ext.attr._core.learned_mask import LearnedMask
 from captum_ext.attr._core.pattern import (
     PatternAttribution,
@@ -23,6 +26,7 @@ from captum_ext.attr._utils.pruning import neuron_ranking, prune_neurons, prunin
 __all__ = [
     "DistributionalIG",
     "GradientSignInput",
+    "LayerPatchConductance",
     "LearnedMask",
     "PatchConductance",
     "PatternAttribution",

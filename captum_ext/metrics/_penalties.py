@@ -6,16 +6,24 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import torch
+from captum._utils.common import _format_additional_forward_args
+from captum._utils.common import _validate_input as _validate_input_basic
 from captum._utils.typing import BaselineType, TargetType
-from captum.attr._utils.common import _format_input_baseline, _validate_input
+from captum.attr._utils.common import _format_input_baseline
 from torch import Tensor
 
+from captum_ext._utils.gradient import check_grad_mode, target_gradients
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
     validate_target,
 )
-from captum_ext.attr._utils.integration import path_average_gradients
+from captum_ext.attr._utils.integration import (
+    check_quadrature,
+    integrate_gradients,
+    straight_paths,
+    times_directions,
+)
 
 
 def _flat_features(values: Any, name: str) -> tuple[Tensor, torch.dtype]:
@@ -195,6 +203,7 @@ def ablation_penalties(
     method: str = "gausslegendre",
     average: Literal["coefficients", "penalty"] = "coefficients",
     internal_batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> AblationPenalties:
     r"""CCP and Modified L2 penalty of a network on a data set (section 3).
 
@@ -231,12 +240,18 @@ def ablation_penalties(
         additional_forward_args (Any, optional): Extra arguments of
             ``forward_func``.
         n_steps (int): IG steps. Default: 100 (section 4.1).
-        method (str): Captum IG integration method. Default: ``"gausslegendre"``.
+        method (str): Captum IG integration method, with Captum's points and
+            weights, or ``"trapezoid"`` (see
+            :class:`~captum_ext.attr.PatternGuidedIG`). Default:
+            ``"gausslegendre"``.
         average (str): How :func:`modified_l2_penalty` reduces the per-example
             average gradients. Default: ``"coefficients"``.
-        internal_batch_size (int, optional): Examples per forward pass, as in
-            Captum: the steps are split into chunks of
-            ``internal_batch_size // n`` (at least one). Results are equal.
+        internal_batch_size (int, optional): As in Captum's
+            IntegratedGradients: chunks of ``internal_batch_size // n`` whole
+            steps (at least one; below ``n`` it warns, as Captum does).
+            Results are equal. Default: None (one pass).
+        show_progress (bool, optional): Show a progress bar over the chunks.
+            Default: False.
 
     Returns:
         AblationPenalties: ``(ccp, ml2p, attributions, average_gradients)``.
@@ -249,30 +264,34 @@ def ablation_penalties(
         >>> result = ablation_penalties(model, data.x_test, target=1)
         >>> result.ccp, result.ml2p
     """
+    check_grad_mode("ablation_penalties")
     is_tuple, xs = format_inputs(inputs)
     validate_target(target, xs[0].shape[0])
-    check_positive_int(n_steps, "n_steps")
+    check_quadrature(method, n_steps)
     check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
     if average not in ("coefficients", "penalty"):
         raise ValueError(
             f"`average` must be 'coefficients' or 'penalty', got {average!r}."
         )
     formatted, bases = _format_input_baseline(xs, baselines)
-    _validate_input(formatted, bases, n_steps, method)
-    grads = path_average_gradients(
+    _validate_input_basic(formatted, bases)
+    starts, directions = straight_paths(formatted, bases)
+    grads = integrate_gradients(
+        target_gradients,
         forward_func,
-        formatted,
-        bases,
-        target,
-        additional_forward_args,
+        starts,
+        directions,
         n_steps,
         method,
         internal_batch_size,
+        xs[0].shape[0],
+        target,
+        _format_additional_forward_args(additional_forward_args),
+        False,
+        show_progress,
+        "ablation_penalties",
     )
-    attributions = tuple(
-        g * (x.detach() - (b.detach() if isinstance(b, Tensor) else b))
-        for g, x, b in zip(grads, formatted, bases)
-    )
+    attributions = times_directions(grads, directions)
     ccp = contribution_covariance_penalty(attributions)
     ml2p = modified_l2_penalty(grads, xs, average=average)
     if not is_tuple:

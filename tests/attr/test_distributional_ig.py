@@ -88,15 +88,20 @@ def test_one_reference_equals_captum_ig(relu_cnn: nn.Module, method: str) -> Non
 
 def test_trapezoid_weights_integrate_constants_exactly() -> None:
     """On a linear model IG is exact for any rule whose weights sum to one:
-    ours does, Captum's riemann_trapezoid misses by the factor (n - 1) / n."""
+    ``"trapezoid"``'s do; Captum's riemann_trapezoid (which ours reproduces
+    under that name) misses by the factor (n - 1) / n."""
     torch.manual_seed(0)
     lin = nn.Linear(4, 2)
     x, refs = torch.randn(3, 4), torch.randn(5, 4)
     exact = lin.weight.detach()[1] * (x - refs.mean(0))
     ours = DistributionalIG(lin).attribute(
-        x, refs, target=1, n_steps=10, method="riemann_trapezoid"
+        x, refs, target=1, n_steps=10, method="trapezoid"
     )
     torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-6)
+    captum_named = DistributionalIG(lin).attribute(
+        x, refs, target=1, n_steps=10, method="riemann_trapezoid"
+    )
+    torch.testing.assert_close(captum_named, 0.9 * exact, rtol=1e-5, atol=1e-6)
     theirs = _captum_mean_ig(
         lin,
         x,
@@ -199,7 +204,7 @@ def test_completeness_with_200_trapezoid_steps(smooth_net: nn.Module) -> None:
         refs,
         target=target,
         n_steps=200,
-        method="riemann_trapezoid",
+        method="trapezoid",
         return_convergence_delta=True,
     )
     with torch.no_grad():
@@ -417,23 +422,22 @@ def test_internal_batch_size_any_chunking(relu_cnn: nn.Module) -> None:
 
 
 def test_points_are_batched(relu_cnn: nn.Module) -> None:
-    """Default: one pass per reference of ``bsz * n_steps`` points (the size of
-    one Captum IG call); ``internal_batch_size`` sets the chunk size."""
+    """Captum's internal_batch_size: None is one pass; else whole steps of all
+    12 paths per pass, each step split into groups of paths when one step is
+    more than internal_batch_size points."""
     model = CallCounter(relu_cnn)
     x = torch.randn(3, 1, 6, 6)
     refs = torch.randn(4, 1, 6, 6)
     DistributionalIG(model).attribute(x, refs, target=0, n_steps=10)
-    assert model.calls == 4  # 120 points in chunks of 3 * 10
-    model.calls = 0
-    DistributionalIG(model).attribute(
-        x, refs, target=0, n_steps=10, internal_batch_size=120
-    )
-    assert model.calls == 1
-    model.calls = 0
-    DistributionalIG(model).attribute(
-        x, refs, target=0, n_steps=10, internal_batch_size=40
-    )
-    assert model.calls == 3  # 120 points in chunks of 40
+    assert model.calls == 1  # all 120 points
+    for ibs, calls in ((120, 1), (40, 4), (12, 10), (11, 20), (5, 30)):
+        model.calls = 0
+        DistributionalIG(model).attribute(
+            x, refs, target=0, n_steps=10, internal_batch_size=ibs
+        )
+        # 40: 3 steps of 12 paths (36 points) per pass, 4 passes; 11: two
+        # groups of paths per step; 5: groups of 5 paths
+        assert model.calls == calls, ibs
 
 
 def test_noise_tunnel_draws_from_the_distribution(smooth_net: nn.Module) -> None:
@@ -518,3 +522,21 @@ def test_show_progress(
     )
     torch.testing.assert_close(shown, plain)
     assert "DistributionalIG" in capsys.readouterr().err
+
+
+def test_noise_tunnel_with_any_number_of_references(smooth_net: nn.Module) -> None:
+    """K = 5 references for 3 inputs: passed as (1, K, ...), NoiseTunnel leaves
+    them alone and each noisy input gets the exact expectation over all K
+    (stdevs=0: every noisy copy is the input, so the result is plain
+    DistributionalIG). The (K, ...) form is refused by NoiseTunnel itself."""
+    x = torch.randn(3, 6)
+    refs = torch.randn(5, 6)
+    nt = NoiseTunnel(DistributionalIG(smooth_net))
+    kw: dict[str, Any] = {"nt_type": "smoothgrad", "nt_samples": 4, "stdevs": 0.0}
+    out = nt.attribute(x, baselines=refs[None], target=[0, 1, 2], n_steps=8, **kw)
+    direct = DistributionalIG(smooth_net).attribute(
+        x, refs, target=[0, 1, 2], n_steps=8
+    )
+    torch.testing.assert_close(out, direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError, match="Baseline"):
+        nt.attribute(x, baselines=refs, target=[0, 1, 2], n_steps=8, **kw)

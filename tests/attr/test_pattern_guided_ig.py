@@ -26,9 +26,9 @@ METHODS = [
 ]
 
 
-def _captum_scale(method: str, n_steps: int) -> float:
-    """Ours / Captum's: 1, or n / (n - 1) for Captum's biased trapezoid weights."""
-    return 1.0 / sum(approximation_parameters(method)[0](n_steps))
+def _weight_sum(method: str, n_steps: int) -> float:
+    """Sum of Captum's weights: 1, or (n - 1) / n for riemann_trapezoid."""
+    return float(sum(approximation_parameters(method)[0](n_steps)))
 
 
 def _unit_patterns(model: nn.Module) -> PatternSet:
@@ -56,11 +56,11 @@ def test_linear_model_identity(method: str) -> None:
     ig = IntegratedGradients(layer).attribute(
         x, baseline, target=target, n_steps=7, method=method
     )
-    torch.testing.assert_close(
-        pgig, _captum_scale(method, 7) * patterns[""][target] * ig
-    )
-    # and in closed form: (x - x') * w_c * a_c, the quadrature weights summing to 1
+    torch.testing.assert_close(pgig, patterns[""][target] * ig)
+    # and in closed form: (x - x') * w_c * a_c times the sum of the quadrature
+    # weights (Captum's: 1, or (n - 1) / n for riemann_trapezoid)
     expected = (x - baseline) * (layer.weight * patterns[""]).detach()[target]
+    expected = expected * _weight_sum(method, 7)
     torch.testing.assert_close(pgig, expected)
 
 
@@ -82,7 +82,7 @@ def test_unit_patterns_reproduce_captum_ig(method: str) -> None:
         got = pgig.attribute(x, base, internal_batch_size=ibs, **kwargs)
         assert isinstance(got, tuple) and len(got) == 2
         for g, e in zip(got, ig):
-            torch.testing.assert_close(g, _captum_scale(method, 9) * e)
+            torch.testing.assert_close(g, e)
 
 
 def test_relu_net_equals_riemann_sum_by_hand() -> None:

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import torch
-from captum._utils.common import _format_output
+from captum._utils.common import _format_additional_forward_args, _format_output
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_ext._utils.gradient import target_gradients
+from captum_ext._utils.gradient import check_grad_mode, target_gradients
 from captum_ext._utils.validation import format_inputs, validate_target
 
 
@@ -36,6 +36,10 @@ class GradientSignInput(GradientAttribution):
     keeps the masked input accuracy of no-implicit-bias models high over many
     iterations.
 
+    Gradients are taken through ``self.gradient_func`` (Captum's
+    ``GradientAttribution`` attribute, with Captum's signature), so a
+    replacement takes effect as in Captum's gradient methods.
+
     Args:
         forward_func (Callable): The forward function of the model or any
             modification of it.
@@ -50,6 +54,7 @@ class GradientSignInput(GradientAttribution):
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
         GradientAttribution.__init__(self, forward_func)
+        self.gradient_func = target_gradients
 
     @log_usage(part_of_slo=True)
     def attribute(
@@ -81,10 +86,16 @@ class GradientSignInput(GradientAttribution):
             >>> gxsi = GradientSignInput(net)
             >>> attr = gxsi.attribute(images, target=labels)
         """
+        check_grad_mode("GradientSignInput")
         is_inputs_tuple, inputs_tuple = format_inputs(inputs)
         validate_target(target, inputs_tuple[0].shape[0])
-        gradients = target_gradients(
-            self.forward_func, inputs_tuple, target, additional_forward_args
+        gradients = self.gradient_func(
+            forward_fn=self.forward_func,
+            inputs=tuple(x.detach().requires_grad_() for x in inputs_tuple),
+            target_ind=target,
+            additional_forward_args=_format_additional_forward_args(
+                additional_forward_args
+            ),
         )
         attributions = tuple(
             torch.sign(x.detach()) * g for x, g in zip(inputs_tuple, gradients)

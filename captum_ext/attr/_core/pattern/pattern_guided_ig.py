@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from captum._utils.common import _format_output
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+)
+from captum._utils.common import _validate_input as _validate_input_basic
 from captum._utils.typing import (
     BaselineType,
     TargetType,
     TensorOrTupleOfTensorsGeneric,
 )
-from captum.attr._utils.common import _format_input_baseline, _validate_input
+from captum.attr._utils.common import _format_input_baseline
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._utils.gradient import check_grad_mode, target_gradients
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
@@ -22,7 +27,11 @@ from captum_ext._utils.validation import (
 from captum_ext.attr._core.pattern._backward import pattern_backward
 from captum_ext.attr._core.pattern._base import _PatternAttributionBase
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
-from captum_ext.attr._utils.integration import check_quadrature, path_average_gradients
+from captum_ext.attr._utils.integration import (
+    check_quadrature,
+    integrate_gradients,
+    straight_paths,
+)
 
 
 class PatternGuidedIG(_PatternAttributionBase):
@@ -42,7 +51,10 @@ class PatternGuidedIG(_PatternAttributionBase):
              {\partial^{(p)} x_i} \, d\alpha ,
 
     approximated with Captum's integration methods (``method``,
-    ``n_steps``) exactly as :class:`captum.attr.IntegratedGradients` does. Like
+    ``n_steps``, ``internal_batch_size``) exactly as
+    :class:`captum.attr.IntegratedGradients` does: with all-ones patterns the
+    result is Captum's IG. Gradients go through ``self.gradient_func`` (with
+    the pattern backward pass installed), so a replacement takes effect. Like
     IG it does not vanish at saturated plateaus (the path passes through the
     unsaturated region); like PatternAttribution it avoids distractor
     directions that the model cancels. For a single linear layer it is
@@ -78,6 +90,9 @@ class PatternGuidedIG(_PatternAttributionBase):
         multiply_by_inputs: bool = True,
     ) -> None:
         _PatternAttributionBase.__init__(self, model, patterns)
+        # the pattern backward pass is installed by hooks around the calls of
+        # gradient_func, so a replacement gradient_func sees it too
+        self.gradient_func = target_gradients
         self._multiply_by_inputs = bool(multiply_by_inputs)
 
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
@@ -93,6 +108,7 @@ class PatternGuidedIG(_PatternAttributionBase):
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: int | None = None,
+        show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
         r"""Compute PGIG attributions.
 
@@ -111,17 +127,21 @@ class PatternGuidedIG(_PatternAttributionBase):
                 the model after the inputs (tensors are repeated for each
                 step). Default: None.
             n_steps (int): Number of integration steps. Default: 50.
-            method (str): Captum integration method: ``"riemann_right"``,
-                ``"riemann_left"``, ``"riemann_middle"``,
-                ``"riemann_trapezoid"`` or ``"gausslegendre"``. Captum's
-                points; for ``"riemann_trapezoid"`` the weights are the
-                trapezoid rule's (they sum to 1), whereas Captum 0.9's sum to
-                ``(n_steps - 1) / n_steps``, so results are Captum's times
-                ``n_steps / (n_steps - 1)`` for that method.
-            internal_batch_size (int, optional): Most examples x steps per
-                forward / backward pass (at least one step per pass); the steps
-                are split into chunks, with the same result. Default: None (all
-                steps in one pass).
+            method (str): Captum's approximation method, with Captum's points
+                and weights: ``"riemann_right"``, ``"riemann_left"``,
+                ``"riemann_middle"``, ``"riemann_trapezoid"`` or
+                ``"gausslegendre"``; or ``"trapezoid"``, the trapezoid rule
+                proper on ``riemann_trapezoid``'s points (Captum 0.9's
+                ``riemann_trapezoid`` weights sum to ``(n_steps - 1) /
+                n_steps``). Default: ``"gausslegendre"``.
+            internal_batch_size (int, optional): As in Captum's
+                IntegratedGradients: the steps are split into chunks of
+                ``internal_batch_size // bsz`` whole steps (at least one; a
+                value below the batch size warns, as Captum does), one forward
+                and backward pass each, with the same result. Default: None
+                (all steps in one pass).
+            show_progress (bool, optional): Show a progress bar over the
+                chunks of steps. Default: False.
 
         Returns:
             Tensor or tuple[Tensor, ...]: the attributions, with the structure
@@ -133,30 +153,32 @@ class PatternGuidedIG(_PatternAttributionBase):
             >>> attr = pgig.attribute(images, target=labels, n_steps=25,
             ...                       internal_batch_size=256)
         """
+        check_grad_mode("PatternGuidedIG")
         is_inputs_tuple, inputs_tuple = format_inputs(inputs)
         validate_target(target, inputs_tuple[0].shape[0])
+        check_quadrature(method, n_steps)
+        check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
         formatted_inputs, formatted_baselines = _format_input_baseline(
             inputs_tuple, baselines
         )
-        _validate_input(formatted_inputs, formatted_baselines, n_steps, method)
-        check_quadrature(method, n_steps)
-        check_positive_int(internal_batch_size, "internal_batch_size", allow_none=True)
+        _validate_input_basic(formatted_inputs, formatted_baselines)
+        starts, directions = straight_paths(formatted_inputs, formatted_baselines)
         layers, weights = self._backward_layers()
         with pattern_backward(self._model, layers, weights):
-            attributions = path_average_gradients(
+            attributions = integrate_gradients(
+                self.gradient_func,
                 self._checked_forward,
-                formatted_inputs,
-                formatted_baselines,
-                target,
-                additional_forward_args,
+                starts,
+                directions,
                 n_steps,
                 method,
                 internal_batch_size,
-            )
-        if self._multiply_by_inputs:
-            attributions = tuple(
-                a * (x.detach() - (b.detach() if isinstance(b, Tensor) else b))
-                for a, x, b in zip(attributions, formatted_inputs, formatted_baselines)
+                inputs_tuple[0].shape[0],
+                target,
+                _format_additional_forward_args(additional_forward_args),
+                self._multiply_by_inputs,
+                show_progress,
+                "PatternGuidedIG",
             )
         self._warn_non_finite(attributions, formatted_inputs)
         return cast(
