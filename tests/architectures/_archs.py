@@ -55,7 +55,7 @@ def build(arch: str) -> nn.Module:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(arch: str) -> nn.Module:
     return build(arch)
 
