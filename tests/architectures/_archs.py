@@ -44,6 +44,10 @@ def build(arch: str) -> nn.Module:
             )
         else:
             model = getattr(tvm, arch)(weights=None, num_classes=10)
+        if arch == "vit":
+            # torchvision zero-initialises the ViT head (for fine-tuning), which
+            # makes every gradient zero: give it random weights
+            nn.init.normal_(model.heads.head.weight, std=0.2)
         # torchvision initialises BatchNorm to the identity with zero running
         # mean; give the statistics realistic values so BN is not a no-op.
         for m in model.modules():
