@@ -254,9 +254,9 @@ def test_mismatched_patterns_are_refused() -> None:
         PatternAttribution(other, PatternSet({"0": patterns["0"]}))
     with pytest.raises(ValueError, match="'9'"):
         PatternNet(model, PatternSet({**patterns, "9": torch.ones(1)}))
-    with pytest.raises(ValueError, match="fold_batchnorm"):
+    with pytest.raises(ValueError, match=r"'1' .GroupNorm"):
         PatternAttribution(
-            nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), PatternSet({})
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2)), PatternSet({})
         )
 
 

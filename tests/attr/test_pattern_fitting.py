@@ -428,12 +428,19 @@ def test_bad_data_refused() -> None:
 
 
 def test_unsupported_layers_refused() -> None:
-    with pytest.raises(ValueError, match="fold_batchnorm"):
+    with pytest.raises(ValueError, match=r"'1' .LayerNorm.*not a fixed linear map"):
         fit_patterns(
-            nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), [torch.randn(4, 3)]
+            nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), [torch.randn(4, 3)]
         )
-    with pytest.raises(ValueError, match="Conv1d"):
-        fit_patterns(nn.Sequential(nn.Conv1d(1, 1, 3)), [torch.randn(4, 1, 9)])
+    with pytest.raises(ValueError, match=r"'0' .ConvTranspose1d"):
+        fit_patterns(nn.Sequential(nn.ConvTranspose1d(1, 1, 3)), [torch.randn(4, 1, 9)])
+    with pytest.raises(ValueError, match="track_running_stats"):
+        fit_patterns(
+            nn.Sequential(
+                nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False)
+            ),
+            [torch.randn(4, 3)],
+        )
     with pytest.raises(ValueError, match="padding_mode"):
         fit_patterns(
             nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"),

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from captum_ext.attr import PatternAttribution, fit_patterns
+from captum_ext.attr import (
+    PatternAttribution,
+    PatternGuidedIG,
+    PatternNet,
+    fit_patterns,
+)
 from captum_ext.models import NIBBatchNorm2d, fold_batchnorm, nib_vgg
 from tests.helpers import assert_model_unchanged, snapshot
 
@@ -56,16 +61,45 @@ def test_folded_model_is_functionally_equal() -> None:
     )
 
 
-def test_patterns_need_folding() -> None:
+def _scale(bn: nn.Module) -> Tensor:
+    # y = s x + t of an eval-mode BatchNorm, written out independently
+    s = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    return s * bn.weight.detach() if bn.weight is not None else s
+
+
+def _assert_same_attributions(
+    net: nn.Module, folded: nn.Module, data: list[Tensor], target: int
+) -> None:
+    p_net, p_folded = fit_patterns(net, data), fit_patterns(folded, data)
+    x = data[0][:3]
+    for cls in (PatternNet, PatternAttribution, PatternGuidedIG):
+        kwargs = {"n_steps": 4} if cls is PatternGuidedIG else {}
+        inside = cls(net, p_net).attribute(x, target=target, **kwargs)
+        outside = cls(folded, p_folded).attribute(x, target=target, **kwargs)
+        torch.testing.assert_close(inside, outside, rtol=2e-3, atol=1e-5)
+
+
+def test_batchnorm_is_handled_inside_as_if_folded() -> None:
     net = _with_batchnorm().eval()
-    data = [torch.randn(8, 2, 8, 8)]
-    with pytest.raises(ValueError, match="fold_batchnorm"):
-        fit_patterns(net, data)
+    state = snapshot(net)
+    data = [torch.randn(16, 2, 8, 8) * 2 + 1 for _ in range(2)]
     folded = fold_batchnorm(net)
-    patterns = fit_patterns(folded, data)
-    assert set(patterns) == {"0", "3.0", "5", "8"}
-    out = PatternAttribution(folded, patterns).attribute(data[0][:2], target=1)
-    assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
+    p_net, p_folded = fit_patterns(net, data), fit_patterns(folded, data)
+    assert set(p_net) == set(p_folded) == {"0", "3.0", "5", "8"}
+    # a layer followed by a BatchNorm: the same mask (the BatchNorm's output),
+    # each pattern normalised to its own weight, W' = s W: a = s a'
+    for layer, bn in (("0", "1"), ("3.0", "3.1"), ("5", "6")):
+        s = _scale(dict(net.named_modules())[bn]).double()
+        shape = (-1,) + (1,) * (p_net[layer].dim() - 1)
+        torch.testing.assert_close(
+            p_net[layer].double(),
+            p_folded[layer].double() * s.view(shape),
+            rtol=1e-3,
+            atol=1e-6,
+        )
+    torch.testing.assert_close(p_net["8"], p_folded["8"], rtol=1e-4, atol=1e-6)
+    _assert_same_attributions(net, folded, data, target=1)
+    assert_model_unchanged(state, net)
 
 
 class _Branchy(nn.Module):
@@ -89,7 +123,7 @@ def test_unfoldable_batchnorm_is_refused() -> None:
         fold_batchnorm(lambda x: x)  # type: ignore[arg-type]
 
 
-def test_folds_nib_batchnorm_and_pattern_methods_refuse_it_unfolded() -> None:
+def test_folds_nib_batchnorm_and_pattern_methods_handle_it_unfolded() -> None:
     torch.manual_seed(0)
     model = nib_vgg("vgg13-6", num_classes=10, in_channels=1, width=0.125, image_size=8)
     x = torch.randn(16, 1, 8, 8)
@@ -101,8 +135,6 @@ def test_folds_nib_batchnorm_and_pattern_methods_refuse_it_unfolded() -> None:
             with torch.no_grad():
                 m.weight.uniform_(-2.0, 2.0)  # negative scales flip signs too
     model.eval()
-    with pytest.raises(ValueError, match="fold_batchnorm"):
-        fit_patterns(model, [x])
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, NIBBatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
@@ -111,3 +143,5 @@ def test_folds_nib_batchnorm_and_pattern_methods_refuse_it_unfolded() -> None:
     patterns = fit_patterns(folded, [x])
     attr = PatternAttribution(folded, patterns).attribute(x[:4], target=1)
     assert attr.shape == (4, 1, 8, 8) and torch.isfinite(attr).all()
+    # the unfolded model gives the same attributions (negative scales included)
+    _assert_same_attributions(model, folded, [x], target=1)

@@ -10,7 +10,10 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from captum_ext._utils.gradient import check_one_output_per_example, forward_select
-from captum_ext.attr._core.pattern._layers import check_supported_model
+from captum_ext.attr._core.pattern._layers import (
+    check_supported_model,
+    warn_train_mode,
+)
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
 
 _SOFTMAX_TYPES = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
@@ -38,6 +41,10 @@ def _looks_like_softmax(output: Tensor) -> bool:
 class _PatternAttributionBase(GradientAttribution):
     """Validates model and patterns; runs forward passes with pattern backward."""
 
+    #: BatchNorm backward rule: divide by the scale (PatternNet's ``A = 1/s``)
+    #: or pass the gradient unchanged (``W * A = 1``).
+    _divide_batchnorm_by_scale = False
+
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
         GradientAttribution.__init__(self, model)
         check_supported_model(model, type(self).__name__)
@@ -47,6 +54,12 @@ class _PatternAttributionBase(GradientAttribution):
                 f"PatternSet.load), got {type(patterns).__name__}."
             )
         patterns.check(model)
+        bad = patterns.non_finite_layers()
+        if bad:
+            raise ValueError(
+                f"`patterns` of {bad} hold NaN or infinite values; refit them "
+                "(fit_patterns) on finite data."
+            )
         self.patterns = patterns
         self._weight_cache: dict[str, tuple[Any, Tensor]] = {}
         self._softmax_warned = False
@@ -72,6 +85,7 @@ class _PatternAttributionBase(GradientAttribution):
 
     def _backward_layers(self) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
         """The model's pattern layers and the matrices their backward uses."""
+        warn_train_mode(self._model, type(self).__name__)
         layers = self.patterns.check(self._model)
         weights = {}
         for name, module in layers.items():
@@ -90,6 +104,23 @@ class _PatternAttributionBase(GradientAttribution):
 
     def _substitute(self, weight: Tensor, pattern: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _warn_non_finite(
+        self, attributions: tuple[Tensor, ...], inputs: tuple[Tensor, ...]
+    ) -> None:
+        """Warn when finite inputs gave non-finite attributions."""
+        if all(bool(torch.isfinite(a).all()) for a in attributions):
+            return
+        if not all(bool(torch.isfinite(x).all()) for x in inputs):
+            return
+        warnings.warn(
+            f"{type(self).__name__}: the attributions of finite `inputs` hold "
+            "non-finite values (the backward pass overflowed): ill-conditioned "
+            "`patterns` multiply over the layers. Refit them with a larger "
+            "stabiliser, fit_patterns(..., eps=1e-2), or on more data.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _checked_forward(self, *args: Any) -> Any:
         """The model's forward pass; warns once if its outputs look like softmax."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -10,37 +11,60 @@ import torch
 import torch.nn.functional as F
 from captum._utils.progress import progress
 from torch import Tensor, nn
-from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.conv import _ConvNd
 
 from captum_ext._utils.validation import check_positive_int
 from captum_ext.attr._core.pattern._layers import (
+    BATCHNORM_TYPES,
+    CONV_TYPES,
     check_supported_model,
     conv_padding,
     select_layers,
+    warn_train_mode,
 )
 from captum_ext.attr._core.pattern._pattern_set import _KINDS, PatternSet
+
+#: Budget, in elements, of the per-chunk work buffers of one layer's update
+#: (the centred inputs and the mask / masked-output channels): a batch is
+#: split into chunks of examples so that memory stays bounded at any batch size
+#: or resolution.
+_CHUNK_ELEMENTS = 2**23
+
+#: Convolutions with fewer output positions per example than this form their
+#: im2col products with ``F.unfold`` and a matrix product (2-D only).
+_UNFOLD_POSITIONS = 100
+
+#: Default of ``fit_patterns``' ``eps``: the smallest cosine allowed between a
+#: unit's weight vector and the numerator of its pattern.
+DEFAULT_EPS = 1e-3
 
 
 class _LayerStats:
     """Sufficient statistics of one layer, accumulated in float64.
 
     With ``y`` the layer's output (bias included), ``M`` the sample mask
-    (``y > 0`` for the "relu" kind, all ones for "linear"; each output unit
-    ``j`` has its own) and ``x`` the unit's input (patch), the accumulators
-    hold, in the weight's layout ``(out, fan_in)``:
+    (``v > 0`` for the "relu" kind, with ``v`` the input of the following
+    activation: ``y`` itself, or the output of the BatchNorm that directly
+    follows the layer; all ones for "linear"; each output unit ``j`` has its
+    own) and ``x`` the unit's input (patch), the raw sums are, in the
+    weight's layout ``(out, fan_in)``:
 
     - ``count[j] = sum M_j``, ``sum_x[j] = sum M_j x``,
       ``sum_xy[j] = sum M_j x y_j``,
     - ``sum_y[j] = sum y_j`` over all samples and ``n_all``, the sample count.
 
-    Per batch, ``x`` and ``y`` are centred on (approximate) batch means ``c``
-    and ``d`` (the conditioning trick of one-pass covariance updates) and the
-    sums of the centred values are computed in ``compute_dtype``; the raw sums
-    follow in float64, exactly for any ``c`` and ``d``:
+    They are accumulated centred: ``x`` and ``y`` are shifted by ``c`` and
+    ``d``, the means of the first batch (the conditioning trick of one-pass
+    covariance updates), the products of the shifted values are computed per
+    batch in ``compute_dtype`` and added to float64 accumulators
+    ``Q' = sum M (x - c)``, ``P' = sum M (x - c)(y - d)``,
+    ``S' = sum M (y - d)`` and ``T' = sum (y - d)``. :meth:`raw_sums` turns
+    them into the raw sums, exactly for any ``c`` and ``d``:
     ``sum M x = Q' + c sum M``,
-    ``sum M x y = P' + d Q' + c sum M (y - d) + c d sum M`` and
-    ``sum y = n d + sum (y - d)``,
-    with ``Q' = sum M (x - c)`` and ``P' = sum M (x - c)(y - d)``.
+    ``sum M x y = P' + d Q' + c (S' + d sum M)`` and
+    ``sum y = n d + T'``. Per batch this costs one float64 addition of the
+    products; for the "linear" kind ``Q'`` is the same for every unit (of a
+    group) and is kept as one row.
     """
 
     def __init__(
@@ -50,14 +74,21 @@ class _LayerStats:
         self.module = module
         self.weight = cast(Tensor, module.weight)
         self.relu = kind == "relu"
+        self.is_conv = isinstance(module, CONV_TYPES)
+        self.groups = int(getattr(module, "groups", 1))
+        # "linear" kind: sum M x is the same for every unit (of a group)
+        self.shared_x = not self.relu and self.groups == 1
         self.compute_dtype = compute_dtype
         self.out_features = int(self.weight.shape[0])
         self.fan_in = int(self.weight[0].numel())
-        self.count: Tensor | None = None
-        self.sum_x: Tensor | None = None
-        self.sum_xy: Tensor | None = None
-        self.sum_y: Tensor | None = None
-        self.n_all: Tensor | None = None
+        self.c: Tensor | None = None
+        self.d: Tensor | None = None
+        # r: the products [Q', P'] in the kernel's layout; z: [sum M, S']
+        self.r: Tensor | None = None
+        self.z: Tensor | None = None
+        self.sum_yc: Tensor | None = None
+        self.n_all = 0.0
+        self.count_big: Tensor | None = None
 
     def _dtype(self, y: Tensor) -> torch.dtype:
         if self.compute_dtype is not None:
@@ -66,149 +97,268 @@ class _LayerStats:
             return y.dtype
         return torch.float32
 
-    def _ensure(self, device: torch.device) -> None:
-        if self.count is None:
-            f64 = torch.float64
-            d, k = self.out_features, self.fan_in
-            self.count = torch.zeros(d, dtype=f64, device=device)
-            self.sum_x = torch.zeros(d, k, dtype=f64, device=device)
-            self.sum_xy = torch.zeros(d, k, dtype=f64, device=device)
-            self.sum_y = torch.zeros(d, dtype=f64, device=device)
-            self.n_all = torch.zeros((), dtype=f64, device=device)
+    @property
+    def seen(self) -> bool:
+        return self.r is not None
 
-    def update(self, x: Tensor, y: Tensor) -> None:
+    def update(self, x: Tensor, y: Tensor, gate: Tensor | None = None) -> None:
+        """Add one batch: layer input ``x``, output ``y``, mask source ``gate``.
+
+        ``gate`` (default ``y``) is the tensor whose positive entries form
+        the "relu" mask; it has ``y``'s shape.
+        """
         x, y = x.detach(), y.detach()
-        self._ensure(y.device)
-        if isinstance(self.module, nn.Conv2d):
-            batch = self._conv_products(x, y)
+        g = y if gate is None else gate.detach()
+        if self.is_conv:
+            self._conv_products(x, y, g)
         else:
-            batch = self._linear_products(x, y)
-        q, p, c, d, n, count, sum_yc_pos, sum_yc = (
-            t.to(torch.float64) if isinstance(t, Tensor) else t for t in batch
-        )
-        assert self.sum_x is not None and self.sum_xy is not None
-        assert self.count is not None and self.sum_y is not None
-        assert self.n_all is not None
-        q = q.reshape(-1, self.fan_in)  # (1 or out, fan_in): broadcast over out
-        p = p.reshape(self.out_features, self.fan_in)
-        c = c.reshape(-1, self.fan_in)  # (1 or out, fan_in)
-        self.sum_x.add_(q).addcmul_(c, count[:, None])
-        self.sum_xy.add_(p).addcmul_(d[:, None], q)
-        self.sum_xy.addcmul_(c, (sum_yc_pos + d * count)[:, None])
-        self.count += count
-        self.sum_y += n * d + sum_yc
+            self._linear_products(x, y, g)
+
+    def _add(self, r: Tensor, z: Tensor, sum_yc: Tensor, n: int) -> None:
+        f64 = torch.float64
+        if not bool(torch.isfinite(r.sum() + sum_yc.sum())):
+            raise _NonFiniteBatch(self.name)
+        if self.r is None:
+            self.r = r.to(f64)
+            self.z = z.to(f64)
+            self.sum_yc = sum_yc.to(f64)
+        else:
+            assert self.z is not None and self.sum_yc is not None
+            self.r.add_(r)
+            self.z.add_(z)
+            self.sum_yc.add_(sum_yc)
         self.n_all += n
 
-    def _linear_products(self, x: Tensor, y: Tensor) -> tuple[Any, ...]:
+    def _linear_products(self, x: Tensor, y: Tensor, g: Tensor) -> None:
         dt = self._dtype(y)
-        xs = x.reshape(-1, x.shape[-1]).to(dt)
-        ys = y.reshape(-1, y.shape[-1]).to(dt)
+        f64 = torch.float64
+        xs = x.reshape(-1, x.shape[-1])
+        ys = y.reshape(-1, y.shape[-1])
+        gs = g.reshape(-1, g.shape[-1])
         n = ys.shape[0]
-        c = xs.mean(0)
-        d = ys.mean(0)
-        xc = xs - c
-        yc = ys - d
-        sum_yc = yc.sum(0)
-        if self.relu:
-            z = torch.empty(n, 2 * self.out_features, dtype=dt, device=y.device)
-            m, my = z[:, : self.out_features], z[:, self.out_features :]
-            torch.gt(ys, 0, out=m)
-            torch.mul(yc, m, out=my)
-            sums = z.sum(0)
-            count, sum_yc_pos = sums[: self.out_features], sums[self.out_features :]
-            r = z.T @ xc  # (2 * out, in)
-            q, p = r[: self.out_features], r[self.out_features :]
-        else:
-            count = torch.full_like(d, float(n))
-            sum_yc_pos = sum_yc
-            q = xc.sum(0)  # the same for every output unit
-            p = yc.T @ xc
-        return q, p, c, d, n, count, sum_yc_pos, sum_yc
+        if self.c is None:
+            self.c = xs.to(dt).mean(0)
+            self.d = ys.to(dt).mean(0)
+        c, d = self.c, self.d
+        assert d is not None
+        out = self.out_features
+        rows = max(1, _CHUNK_ELEMENTS // (2 * out + xs.shape[1]))
+        for start in range(0, n, rows):
+            xc = xs[start : start + rows].to(dt) - c
+            yc = ys[start : start + rows].to(dt) - d
+            sum_yc = yc.sum(0, dtype=f64)
+            if self.relu:
+                z = torch.empty(xc.shape[0], 2 * out, dtype=dt, device=y.device)
+                m, my = z[:, :out], z[:, out:]
+                torch.gt(gs[start : start + rows], 0, out=m)
+                torch.mul(yc, m, out=my)
+                self._add(z.T @ xc, z.sum(0, dtype=f64), sum_yc, xc.shape[0])
+            else:
+                r = torch.cat([xc.sum(0, keepdim=True), yc.T @ xc])  # (1 + out, in)
+                zs = torch.cat([torch.full_like(sum_yc, xc.shape[0]), sum_yc])
+                self._add(r, zs, sum_yc, xc.shape[0])
 
-    def _conv_products(self, x: Tensor, y: Tensor) -> tuple[Any, ...]:
-        conv = self.module
-        assert isinstance(conv, nn.Conv2d)
+    def _conv_products(self, x: Tensor, y: Tensor, g: Tensor) -> None:
+        conv = cast(_ConvNd, self.module)
         dt = self._dtype(y)
-        n_img, c_out, h_out, w_out = y.shape
+        f64 = torch.float64
+        n_img, c_out = y.shape[:2]
+        out_spatial = tuple(y.shape[2:])
+        dims = len(out_spatial)
         c_in = x.shape[1]
-        groups = conv.groups
+        groups = self.groups
         cg = c_out // groups
-        x, y = x.to(dt), y.to(dt)
-        n = n_img * h_out * w_out
-        # any shifts give exact sums; near-means give well-conditioned ones
-        c = x[:8].mean(dim=(0, 2, 3))
-        d = y.mean(dim=(0, 2, 3))
-        # zero padding first, then centring: padded inputs are x = 0, x - c = -c
-        top, bottom, left, right = conv_padding(conv)
-        if top or bottom or left or right:
-            xc = F.pad(x, (left, right, top, bottom))
-            xc.sub_(c[None, :, None, None])
-        else:
-            xc = x - c[None, :, None, None]
-        # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
-        # convolution weight-gradient call forms both im2col products
-        # sum_{images, positions} patch' (x) z, and its bias gradient the
-        # per-channel sums of z (counts and sum M (y - d)).
-        z = torch.empty(n_img, groups, 2, cg, h_out, w_out, dtype=dt, device=y.device)
-        m, my = z[:, :, 0], z[:, :, 1]
-        yg = y.view(n_img, groups, cg, h_out, w_out)
-        torch.sub(yg, d.view(1, groups, cg, 1, 1), out=my)
-        sum_yc = my.sum(dim=(0, 3, 4)).reshape(c_out)  # sum y = n d + sum (y - d)
-        if self.relu:
-            torch.gt(yg, 0, out=m)
-            my.mul_(m)
-        else:
-            m.fill_(1.0)
+        positions = 1
+        for s in out_spatial:
+            positions *= s
+        reduce_dims = (0, *range(2, 2 + dims))
+        if self.c is None:
+            self.c = x[:8].to(dt).mean(dim=reduce_dims)
+            self.d = y.to(dt).mean(dim=reduce_dims)
+        c, d = self.c, self.d
+        assert d is not None
+        pads = conv_padding(conv)
+        flat_pad = [p for lo_hi in reversed(pads) for p in lo_hi]
+        in_per_img = c_in
+        for s, (lo, hi) in zip(x.shape[2:], pads):
+            in_per_img *= s + lo + hi
+        k_numel = int(self.weight[0, 0].numel())
+        unfold = dims == 2 and positions < _UNFOLD_POSITIONS
+        per_img = in_per_img + 2 * c_out * positions
+        if unfold:
+            per_img += c_in * k_numel * positions  # the im2col patches
+        chunk = max(1, _CHUNK_ELEMENTS // per_img)
         weight_size = (2 * c_out, *self.weight.shape[1:])
-        _, r, zsum = torch.ops.aten.convolution_backward(
-            z.view(n_img, 2 * c_out, h_out, w_out),
-            xc,
-            xc.new_empty(1).expand(weight_size),
-            [2 * c_out],
-            list(conv.stride),
-            [0, 0],
-            list(conv.dilation),
-            False,
-            [0, 0],
-            groups,
-            [False, True, True],
-        )
-        zsum = zsum.reshape(groups, 2, cg)
-        count = zsum[:, 0].reshape(c_out)
-        if dt != torch.float64 and n >= 2**24:  # beyond exact float32 integers
-            count = m.sum(dim=(0, 3, 4), dtype=torch.float64).reshape(c_out)
-        sum_yc_pos = zsum[:, 1].reshape(c_out)
-        r = r.reshape(groups, 2, cg, -1)
-        q = r[:, 0].reshape(c_out, -1)
-        p = r[:, 1].reshape(c_out, -1)
-        kh, kw = conv.kernel_size
-        c_rows = (
-            c.reshape(groups, 1, c_in // groups, 1)
-            .expand(groups, cg, c_in // groups, kh * kw)
-            .reshape(c_out, -1)
-        )
-        return q, p, c_rows, d, n, count, sum_yc_pos, sum_yc
+        d_view = d.view(1, groups, cg, *([1] * dims))
+        for start in range(0, n_img, chunk):
+            xs = x[start : start + chunk].to(dt)
+            ys = y[start : start + chunk].to(dt)
+            ni = ys.shape[0]
+            # zero padding first, then centring: padded inputs are x = 0, x - c = -c
+            if any(lo or hi for lo, hi in pads):
+                xc = F.pad(xs, flat_pad)
+                xc.sub_(c.view(1, -1, *([1] * dims)))
+            else:
+                xc = xs - c.view(1, -1, *([1] * dims))
+            # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
+            # convolution weight-gradient call forms both im2col products
+            # sum_{images, positions} patch' (x) z, and its bias gradient the
+            # per-channel sums of z (counts and sum M (y - d)).
+            z = torch.empty(ni, groups, 2, cg, *out_spatial, dtype=dt, device=y.device)
+            m, my = z[:, :, 0], z[:, :, 1]
+            yg = ys.view(ni, groups, cg, *out_spatial)
+            torch.sub(yg, d_view, out=my)
+            sum_yc = my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64).reshape(c_out)
+            if self.relu:
+                gg = g[start : start + chunk].view(ni, groups, cg, *out_spatial)
+                torch.gt(gg, 0, out=m)
+                my.mul_(m)
+            else:
+                m.fill_(1.0)
+            if unfold:
+                # few output positions: an explicit im2col and one (batched)
+                # matrix product beat the weight-gradient kernel on CPUs
+                u = F.unfold(
+                    xc,
+                    tuple(conv.kernel_size),
+                    dilation=tuple(conv.dilation),
+                    stride=tuple(conv.stride),
+                )
+                zz = z.view(ni, groups, 2 * cg, positions)
+                if groups == 1:
+                    zt = zz[:, 0].transpose(1, 2).reshape(-1, 2 * cg)
+                    rc = zt.T @ u.transpose(1, 2).reshape(-1, u.shape[1])
+                else:
+                    rc = torch.einsum(
+                        "ngol,ngkl->gok", zz, u.view(ni, groups, -1, positions)
+                    )
+                zc = zz.sum(dim=(0, 3), dtype=f64)
+            else:
+                _, rc, zc = torch.ops.aten.convolution_backward(
+                    z.view(ni, 2 * c_out, *out_spatial),
+                    xc,
+                    xc.new_empty(1).expand(weight_size),
+                    [2 * c_out],
+                    list(conv.stride),
+                    [0] * dims,
+                    list(conv.dilation),
+                    False,
+                    [0] * dims,
+                    groups,
+                    [False, True, True],
+                )
+            if dt != f64 and ni * positions >= 2**24:  # beyond exact float32 ints
+                zc = torch.stack(
+                    [
+                        m.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
+                        my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
+                    ],
+                    dim=1,
+                )
+            self._add(
+                rc.reshape(groups, 2, cg, -1),
+                zc.reshape(groups, 2, cg),
+                sum_yc,
+                ni * positions,
+            )
 
-    def buffers(self) -> list[Tensor]:
-        assert self.count is not None and self.sum_x is not None
-        assert self.sum_xy is not None and self.sum_y is not None
-        assert self.n_all is not None
-        return [self.count, self.sum_x, self.sum_xy, self.sum_y, self.n_all]
+    def raw_sums(self, device: torch.device | None) -> list[Tensor]:
+        """``[count, sum_x, sum_xy, sum_y, n_all]`` in float64 (zeros if unseen).
 
-    def pattern(self) -> Tensor:
-        """Eq. 2 of the PGIG paper (Kindermans et al.'s two-component a+)."""
-        count, sum_x, sum_xy, sum_y, n_all = self.buffers()
-        weight = self.weight.detach().to(count.device, torch.float64)
-        w = weight.reshape(self.out_features, self.fan_in)
-        safe_count = torch.where(count == 0, torch.ones_like(count), count)
-        mean_x = sum_x / safe_count[:, None]
-        mean_xy = sum_xy / safe_count[:, None]
-        mean_y = sum_y / n_all
-        num = mean_xy - mean_x * mean_y[:, None]
-        den = (w * num).sum(dim=1)
-        den = torch.where(den == 0, torch.ones_like(den), den)
-        a = num / den[:, None]
-        return a.reshape(weight.shape).to(self.weight.dtype).cpu()
+        Consumes the centred accumulators (computed in place).
+        """
+        f64 = torch.float64
+        out, k = self.out_features, self.fan_in
+        if self.r is None:
+            dev = device if device is not None else torch.device("cpu")
+            return [
+                torch.zeros(out, dtype=f64, device=dev),
+                torch.zeros(1 if self.shared_x else out, k, dtype=f64, device=dev),
+                torch.zeros(out, k, dtype=f64, device=dev),
+                torch.zeros(out, dtype=f64, device=dev),
+                torch.zeros((), dtype=f64, device=dev),
+            ]
+        assert self.c is not None and self.d is not None
+        assert self.z is not None and self.sum_yc is not None
+        r, z = self.r, self.z
+        self.r = self.z = None
+        d = self.d.to(f64)
+        if self.is_conv:
+            groups, cg = self.groups, out // self.groups
+            q = r[:, 0].reshape(out, k)
+            p = r[:, 1].reshape(out, k)
+            count = z[:, 0].reshape(out)
+            sum_pos = z[:, 1].reshape(out)
+            cin_g = self.c.numel() // groups
+            c_rows = (
+                self.c.to(f64)
+                .reshape(groups, 1, cin_g, 1)
+                .expand(groups, cg, cin_g, k // cin_g)
+                .reshape(out, k)
+            )
+        elif self.relu:
+            q, p = r[:out], r[out:]
+            count, sum_pos = z[:out], z[out:]
+            c_rows = self.c.to(f64)[None].expand(out, k)
+        else:
+            q, p = r[:1], r[1:]
+            count, sum_pos = z[:out], z[out:]
+            c_rows = self.c.to(f64)[None]
+        if self.shared_x:
+            q = q[:1]
+            c_rows = c_rows[:1]
+        # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
+        p.addcmul_(d[:, None], q).addcmul_(c_rows, (sum_pos + d * count)[:, None])
+        q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
+        sum_y = self.n_all * d + self.sum_yc
+        n_all = torch.tensor(self.n_all, dtype=f64, device=q.device)
+        return [count.clone(), q.contiguous(), p.contiguous(), sum_y, n_all]
+
+    def pattern(self, sums: list[Tensor], eps: float) -> tuple[Tensor, int, float]:
+        """Eq. 2 of the PGIG paper (Kindermans et al.'s two-component a+).
+
+        Returns the pattern, the number of units whose denominator was
+        floored (``|w^T num| < eps |w| |num|``) and the smallest cosine
+        ``|w^T num| / (|w| |num|)`` over the units with a non-zero numerator.
+        Computed in blocks of rows, so that memory stays near the sums' size.
+        """
+        count, sum_x, sum_xy, sum_y, n_all = sums
+        weight = self.weight.detach()
+        w_all = weight.reshape(self.out_features, self.fan_in)
+        out = torch.empty(
+            self.out_features, self.fan_in, dtype=weight.dtype, device=count.device
+        )
+        floored = 0
+        min_cos = float("inf")
+        rows = max(1, _CHUNK_ELEMENTS // (4 * self.fan_in))
+        for s in range(0, self.out_features, rows):
+            e = min(s + rows, self.out_features)
+            w = w_all[s:e].to(count.device, torch.float64)
+            cnt = count[s:e]
+            safe = torch.where(cnt == 0, torch.ones_like(cnt), cnt)[:, None]
+            sx = sum_x if self.shared_x else sum_x[s:e]
+            num = sum_xy[s:e] / safe
+            num.sub_((sx / safe) * (sum_y[s:e] / n_all)[:, None])
+            den = (w * num).sum(dim=1)
+            scale = torch.linalg.vector_norm(w, dim=1) * torch.linalg.vector_norm(
+                num, dim=1
+            )
+            live = scale > 0
+            if bool(live.any()):
+                min_cos = min(min_cos, float((den.abs()[live] / scale[live]).min()))
+            floor = eps * scale
+            small = den.abs() < floor
+            floored += int(small.sum())
+            den = torch.where(small, torch.where(den < 0, -floor, floor), den)
+            den = torch.where(den == 0, torch.ones_like(den), den)
+            out[s:e] = (num / den[:, None]).to(weight.dtype)
+        return out.reshape(weight.shape).cpu(), floored, min_cos
+
+
+class _NonFiniteBatch(Exception):
+    def __init__(self, layer: str) -> None:
+        super().__init__(layer)
+        self.layer = layer
 
 
 def _default_unpack(batch: Any) -> tuple[Any, ...]:
@@ -264,11 +414,11 @@ def _resolve_process_group(process_group: Any) -> tuple[bool, Any]:
     return True, process_group
 
 
-def _all_reduce(stats: list[_LayerStats], num_examples: Tensor, group: Any) -> None:
-    """Sum every accumulator over the ranks of ``group`` with one all_reduce."""
+def _all_reduce(sums: list[list[Tensor]], num_examples: Tensor, group: Any) -> None:
+    """Sum every raw sum over the ranks of ``group`` with one all_reduce."""
     import torch.distributed as dist
 
-    tensors = [b for s in stats for b in s.buffers()] + [num_examples]
+    tensors = [b for layer in sums for b in layer] + [num_examples]
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0
@@ -276,6 +426,64 @@ def _all_reduce(stats: list[_LayerStats], num_examples: Tensor, group: Any) -> N
         size = t.numel()
         t.copy_(flat[offset : offset + size].view_as(t))
         offset += size
+
+
+def _first_examples(args: tuple[Any, ...], size: int) -> tuple[Any, ...] | None:
+    """``args`` cut to their first ``size`` examples, or None if ambiguous."""
+    n = _batch_size(args)
+    if n <= size:
+        return None
+    return tuple(
+        a[:size] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+        for a in args
+    )
+
+
+def _pair_batchnorms(
+    model: nn.Module, chosen: dict[str, nn.Module], args: tuple[Any, ...]
+) -> dict[str, nn.Module]:
+    """Which chosen layers feed a BatchNorm directly: ``{layer name: bn}``.
+
+    Found by one forward pass on (a slice of) ``args``: a BatchNorm whose
+    input is the very tensor a layer returned follows that layer.
+    """
+    outputs: dict[int, tuple[str, Tensor]] = {}
+    pairs: dict[str, nn.Module] = {}
+
+    def layer_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inp: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                outputs[id(out)] = (name, out)
+
+        return hook
+
+    def bn_hook(module: nn.Module, inp: tuple[Any, ...]) -> None:
+        x = inp[0] if inp else None
+        found = outputs.get(id(x))
+        if found is not None and found[1] is x:
+            pairs[found[0]] = module
+
+    handles = []
+    try:
+        for name, m in chosen.items():
+            handles.append(m.register_forward_hook(layer_hook(name)))
+        for m in model.modules():
+            if isinstance(m, BATCHNORM_TYPES):
+                handles.append(m.register_forward_pre_hook(bn_hook))
+        with torch.no_grad():
+            small = _first_examples(args, 2)
+            try:
+                model(*(small if small is not None else args))
+            except Exception:
+                if small is None:
+                    raise
+                outputs.clear()
+                pairs.clear()
+                model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
 
 
 def fit_patterns(
@@ -289,13 +497,16 @@ def fit_patterns(
     *,
     unpack_batch: Callable[[Any], Any] | None = None,
     compute_dtype: torch.dtype | None = None,
+    eps: float = DEFAULT_EPS,
 ) -> PatternSet:
     r"""Estimate PatternNet / PatternAttribution patterns in one streaming pass.
 
-    For every ``nn.Linear`` and ``nn.Conv2d`` layer with weight :math:`W`,
-    input :math:`x` and output :math:`y = W x + b`, the pattern of output unit
-    :math:`j` is the two-component estimator of Kindermans et al. (2018), eq. 2
-    of Schwarzenberg & Castle, *Pattern-Guided Integrated Gradients*:
+    For every ``nn.Linear`` and ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d``
+    layer with weight :math:`W`, input :math:`x` and output
+    :math:`y = W x + b`, the pattern of output unit :math:`j` is the
+    two-component estimator of Kindermans et al. (2018), eq. 2 of Schwarzenberg
+    & Castle, *Pattern-Guided Integrated Gradients*
+    (https://arxiv.org/abs/2007.10685):
 
     .. math::
 
@@ -303,38 +514,57 @@ def fit_patterns(
                    {w_j^T \left(\mathbb{E}_+[x y_j]
                     - \mathbb{E}_+[x]\,\mathbb{E}[y_j]\right)}
 
-    where :math:`\mathbb{E}_+` averages over the samples with :math:`y_j > 0`
-    (``kind="relu"``; also used for the last layer, as in the references) or
-    over all samples (``kind="linear"``: :math:`a = \operatorname{cov}(x, y) /
-    w^T \operatorname{cov}(x, y)`), and :math:`\mathbb{E}[y_j]` always averages
-    over all samples. A zero count or zero denominator is replaced by 1. For
-    ``nn.Conv2d`` every output position of every image is one sample of (input
-    patch, output), with the layer's stride, padding (zeros count as inputs),
-    dilation and groups. The bias cancels in the numerator.
+    where :math:`\mathbb{E}_+` averages over the samples in which the unit is
+    active (``kind="relu"``; also used for the last layer, as in the
+    references) or over all samples (``kind="linear"``: :math:`a =
+    \operatorname{cov}(x, y) / w^T \operatorname{cov}(x, y)`), and
+    :math:`\mathbb{E}[y_j]` always averages over all samples. "Active" means
+    that the input of the activation that follows is positive: the layer's
+    output :math:`y_j > 0`, or, when a BatchNorm directly follows the layer,
+    that BatchNorm's output (so the patterns equal those of the model with the
+    BatchNorm folded, rescaled to the layer's own weight; see
+    :mod:`captum_ext.attr._core.pattern._backward` for the BatchNorm rule).
+    For a convolution every output position of every example is one sample of
+    (input patch, output), with the layer's stride, padding (zeros count as
+    inputs), dilation and groups. The bias cancels in the numerator.
+
+    **Stabiliser.** When the numerator is nearly orthogonal to :math:`w_j`,
+    the denominator nears zero and the pattern's norm :math:`1 / (|w_j|
+    \cos\theta_j)` explodes, and the backward passes multiply such factors
+    over the layers. The denominator's magnitude is therefore floored at
+    ``eps`` :math:`|w_j|\,|\text{num}_j|` (its sign is kept), i.e.
+    :math:`|\cos\theta_j| \ge` ``eps``; a warning names the layers where the
+    floor applied. Units above the floor get the exact estimator; a zero
+    count or numerator gives a zero pattern.
 
     The pass is streaming: per batch, the im2col products
     :math:`\sum_n x_n [M_n, M_n y_n]` are formed by one matrix kernel per layer
-    (a matrix multiply for ``nn.Linear``; for ``nn.Conv2d`` the convolution
+    (a matrix multiply for ``nn.Linear``; for convolutions the convolution
     weight-gradient kernel, which computes the im2col product without
     materialising the patches), on ``x`` and ``y`` centred by batch means for
     conditioning, in ``compute_dtype``, and added to float64 accumulators from
-    which the raw sums are reconstructed exactly. Memory does not grow with the
-    data set; there are no per-sample Python loops. Layers that the forward
-    pass never calls get no pattern (with ``layers=None``).
+    which the raw sums are reconstructed exactly. Large batches are processed
+    in chunks of examples, so the work buffers stay bounded; memory does not
+    grow with the data set, and there are no per-sample Python loops. Layers
+    that the forward pass never calls get no pattern (with ``layers=None``);
+    neither do the layers inside the scale path of torchvision
+    ``SqueezeExcitation`` gates (the backward rules treat the gate as a
+    constant). Non-finite values in a batch raise an error naming the batch.
 
     Args:
-        model (nn.Module): The model, with any BatchNorm folded
-            (:func:`captum_ext.models.fold_batchnorm`). Call ``model.eval()``
-            first: the pass runs the model as it is (under ``torch.no_grad``).
+        model (nn.Module): The model, in eval mode (BatchNorm layers are
+            handled as the per-channel affine maps they are in eval mode; the
+            model is never modified). Attention, LayerNorm and other layers
+            outside the pattern theory are refused before any forward pass.
         data (Iterable): A DataLoader or any iterable of input tensors or
             ``(input, ...)`` tuples (the first element is the model input, as
             in ``(x, y)`` batches). Tensors are moved to the model's device.
         kind (str): ``"relu"`` (positive regime, the default) or ``"linear"``.
         layers (list[str or nn.Module], optional): Only these layers (names or
-            modules). Default: every ``nn.Linear`` and ``nn.Conv2d``. The
-            attribution classes need a pattern for every such layer the
-            forward pass calls, so a subset is for inspecting patterns (or
-            for models that route around the other layers).
+            modules). Default: every pattern layer. The attribution classes
+            need a pattern for every such layer the forward pass calls, so a
+            subset is for inspecting patterns (or for models that route
+            around the other layers).
         max_batches (int, optional): Stop after this many batches (per rank).
         show_progress (bool): Show a progress bar over batches.
         process_group (ProcessGroup or "auto", optional): Sum the statistics
@@ -352,9 +582,18 @@ def fit_patterns(
             dtype (float32 kernels for float32 models, the fast path);
             ``torch.float64`` gives double precision throughout, at a few times
             the cost on CPUs.
+        eps (float): Stabiliser: the smallest ``|cos|`` allowed between a
+            unit's weight and its pattern's numerator (the denominator floor,
+            relative to the unit's scale). ``0`` disables the floor. Default:
+            1e-3.
 
     Returns:
         PatternSet: one pattern per layer, shaped like its weight.
+
+    Raises:
+        ValueError: For unsupported models or arguments (before any forward
+            pass), and for a batch with non-finite inputs or statistics
+            (naming the batch and the layer).
 
     Examples::
 
@@ -380,6 +619,13 @@ def fit_patterns(
             "`compute_dtype` must be None, torch.float32 or torch.float64, got "
             f"{compute_dtype!r}."
         )
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, (int, float))
+        or not math.isfinite(eps)
+        or not 0 <= eps < 1
+    ):
+        raise ValueError(f"`eps` must be a float in [0, 1), got {eps!r}.")
     if isinstance(data, (Tensor, str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(
             "`data` must be a DataLoader or an iterable of batches (a Tensor is a "
@@ -388,13 +634,7 @@ def fit_patterns(
         )
     chosen = select_layers(model, layers)
     reduce, group = _resolve_process_group(process_group)
-    if any(isinstance(m, _DropoutNd) and m.training for m in model.modules()):
-        warnings.warn(
-            "fit_patterns: `model` has dropout layers in training mode (they act "
-            "randomly); call model.eval() first.",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_train_mode(model, "fit_patterns")
 
     stats = {
         name: _LayerStats(name, m, kind, compute_dtype) for name, m in chosen.items()
@@ -402,15 +642,28 @@ def fit_patterns(
     param = next(model.parameters(), None)
     device = param.device if param is not None else None
     unpack = unpack_batch if unpack_batch is not None else _default_unpack
+    paired: dict[str, nn.Module] = {}
+    pending: dict[int, tuple[_LayerStats, Tensor, Tensor]] = {}
 
     def make_hook(s: _LayerStats) -> Callable[..., None]:
         def hook(
             module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         ) -> None:
             x = args[0] if args else kwargs["input"]
-            s.update(x, out)
+            bn = paired.get(s.name)
+            if bn is not None:  # the mask comes from the BatchNorm's output
+                pending[id(bn)] = (s, x, out)
+            else:
+                s.update(x, out)
 
         return hook
+
+    def bn_hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        item = pending.pop(id(module), None)
+        if item is None:
+            return
+        s, x, y = item
+        s.update(x, y, out if args[0] is y else None)
 
     total: int | None = None
     if hasattr(data, "__len__"):
@@ -422,14 +675,10 @@ def fit_patterns(
         total = min(total, max_batches)
 
     num_examples = 0
+    n_batches = 0
     handles = []
     try:
-        for s in stats.values():
-            handles.append(
-                s.module.register_forward_hook(make_hook(s), with_kwargs=True)
-            )
         with torch.no_grad():
-            n_batches = 0
             for batch in progress(
                 data, desc="fit patterns", total=total, disable=not show_progress
             ):
@@ -442,36 +691,81 @@ def fit_patterns(
                     args = tuple(
                         a.to(device) if isinstance(a, Tensor) else a for a in args
                     )
-                model(*args)
+                for i, a in enumerate(args):
+                    if isinstance(a, Tensor) and a.is_floating_point():
+                        if not bool(torch.isfinite(a).all()):
+                            raise ValueError(
+                                f"`data`: batch {n_batches} holds non-finite "
+                                f"values (NaN or inf) in model argument {i}; "
+                                "patterns would all become NaN. Clean or drop "
+                                "that batch."
+                            )
+                if n_batches == 0:
+                    if kind == "relu":
+                        paired.update(_pair_batchnorms(model, chosen, args))
+                    for s in stats.values():
+                        handles.append(
+                            s.module.register_forward_hook(
+                                make_hook(s), with_kwargs=True
+                            )
+                        )
+                    for bn in set(paired.values()):
+                        handles.append(bn.register_forward_hook(bn_hook))
+                try:
+                    model(*args)
+                except _NonFiniteBatch as err:
+                    raise ValueError(
+                        f"`data`: batch {n_batches} gives non-finite statistics "
+                        f"(NaN or inf) at layer {err.layer!r} although its inputs "
+                        "are finite (the activations overflow); patterns would "
+                        "all become NaN."
+                    ) from None
+                for s, x, y in pending.values():  # a pairing that did not occur
+                    s.update(x, y)
+                pending.clear()
                 num_examples += _batch_size(args)
                 n_batches += 1
     finally:
+        pending.clear()
         for h in handles:
             h.remove()
 
+    dev = device if device is not None else torch.device("cpu")
+    sums = {name: s.raw_sums(dev) for name, s in stats.items()}
     if reduce:
-        for s in stats.values():
-            s._ensure(device if device is not None else torch.device("cpu"))
-        ref = next(iter(stats.values())).count
-        assert ref is not None
-        count_t = torch.tensor(
-            float(num_examples), dtype=torch.float64, device=ref.device
-        )
-        _all_reduce(list(stats.values()), count_t, group)
+        count_t = torch.tensor(float(num_examples), dtype=torch.float64, device=dev)
+        _all_reduce([sums[n] for n in stats], count_t, group)
         num_examples = round(float(count_t))
     elif n_batches == 0:
         raise ValueError("`data` yielded no batches.")
 
     patterns = {}
+    ill: list[str] = []
     for name, s in stats.items():
-        if s.count is None or float(s.n_all if s.n_all is not None else 0) == 0:
+        if float(sums[name][4]) == 0:
             if layers is None:
                 continue  # never called by the forward pass: nothing to explain
             raise ValueError(
                 f"Layer {name!r} saw no data while fitting patterns (the model's "
                 "forward never called it); leave it out of `layers`."
             )
-        patterns[name] = s.pattern()
+        pattern, floored, min_cos = s.pattern(sums.pop(name), float(eps))
+        patterns[name] = pattern
+        if floored:
+            ill.append(
+                f"{name!r} ({floored} of {s.out_features} units, min |cos| "
+                f"{min_cos:.1e})"
+            )
     if not patterns:
         raise ValueError("No pattern layer was called by the model's forward pass.")
+    if ill:
+        warnings.warn(
+            "fit_patterns: ill-conditioned layers, where a unit's pattern "
+            "numerator is nearly orthogonal to its weight (denominator "
+            f"|w^T num| < eps |w| |num|, eps={eps:g}): {', '.join(ill)}. Their "
+            "denominators were floored at eps |w| |num| (raise `eps` for more "
+            "stability, or fit on more data).",
+            UserWarning,
+            stacklevel=2,
+        )
     return PatternSet(patterns, kind=kind, num_examples=num_examples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -16,7 +17,7 @@ _KINDS = ("relu", "linear")
 
 
 class PatternSet(Mapping[str, Tensor]):
-    r"""Patterns of a model's ``nn.Linear`` / ``nn.Conv2d`` layers, by layer name.
+    r"""Patterns of a model's ``nn.Linear`` / ``nn.Conv*d`` layers, by layer name.
 
     A read-only mapping from submodule names (as in ``model.named_modules()``)
     to pattern tensors shaped like each layer's weight: the informative
@@ -181,8 +182,27 @@ class PatternSet(Mapping[str, Tensor]):
 
         Args:
             path (str or PathLike): File to write.
+
+        Raises:
+            ValueError: If a pattern holds NaN or infinite values (nothing is
+                written).
         """
+        bad = self.non_finite_layers()
+        if bad:
+            raise ValueError(
+                f"PatternSet.save: the patterns of {bad} hold NaN or infinite "
+                f"values; refusing to write {os.fspath(path)!r}. Refit them on "
+                "finite data."
+            )
         torch.save(self.state_dict(), path)
+
+    def non_finite_layers(self) -> list[str]:
+        """Names of the layers whose pattern holds NaN or infinite values.
+
+        Returns:
+            list[str]: the layer names, in order (empty when all are finite).
+        """
+        return [n for n, p in self._patterns.items() if not bool(p.isfinite().all())]
 
     @classmethod
     def load(
@@ -200,19 +220,34 @@ class PatternSet(Mapping[str, Tensor]):
         Returns:
             PatternSet: the loaded patterns.
 
+        Raises:
+            ValueError: If the file is truncated, corrupt or not a pattern
+                file (the message names the file).
+
         Examples::
 
             >>> patterns = PatternSet.load("patterns.pt")
         """
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(
+                f"PatternSet.load: cannot read {os.fspath(path)!r} as a pattern "
+                f"file (truncated or not written by PatternSet.save?): {err}"
+            ) from err
         out = cls({})
-        out.load_state_dict(state)
+        try:
+            out.load_state_dict(state)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"PatternSet.load({os.fspath(path)!r}): {err}") from err
         return out
 
     def check(self, model: nn.Module) -> dict[str, nn.Module]:
         """Check that the patterns match ``model``; return the layers they cover.
 
-        Every pattern must name an ``nn.Linear`` / ``nn.Conv2d`` of ``model``
+        Every pattern must name an ``nn.Linear`` / ``nn.Conv*d`` of ``model``
         whose weight has the pattern's shape. Layers of ``model`` without a
         pattern are allowed here (e.g. layers the forward pass never calls);
         the attribution classes raise if such a layer is called.
@@ -243,7 +278,7 @@ class PatternSet(Mapping[str, Tensor]):
             )
             raise ValueError(
                 "`patterns` do not match the model: it has no nn.Linear / "
-                f"nn.Conv2d named {detail}. Were they fitted on another model?"
+                f"nn.Conv*d named {detail}. Were they fitted on another model?"
             )
         layers = {n: m for n, m in named.items() if n in self._patterns}
         for name, module in layers.items():

@@ -54,7 +54,12 @@ class _StartFromOutput(_PatternAttributionBase):
         validate_target(target, inputs_tuple[0].shape[0])
         layers, weights = self._backward_layers()
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs_tuple)
-        with torch.enable_grad(), pattern_backward(self._model, layers, weights):
+        with (
+            torch.enable_grad(),
+            pattern_backward(
+                self._model, layers, weights, self._divide_batchnorm_by_scale
+            ),
+        ):
             selected = self._forward_select(leaves, target, additional_forward_args)
             grads = torch.autograd.grad(
                 selected,
@@ -66,6 +71,7 @@ class _StartFromOutput(_PatternAttributionBase):
             torch.zeros_like(x) if g is None else g.detach()
             for x, g in zip(leaves, grads)
         )
+        self._warn_non_finite(attributions, inputs_tuple)
         return cast(
             TensorOrTupleOfTensorsGeneric,
             _format_output(is_inputs_tuple, attributions),
@@ -115,6 +121,8 @@ class PatternNet(_StartFromOutput):
         >>> patterns = fit_patterns(model, train_loader)
         >>> signal = PatternNet(model, patterns).attribute(images, target=labels)
     """
+
+    _divide_batchnorm_by_scale = True
 
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
         _PatternAttributionBase.__init__(self, model, patterns)

@@ -156,6 +156,7 @@ class PatternGuidedIG(_PatternAttributionBase):
                 a * (x.detach() - (b.detach() if isinstance(b, Tensor) else b))
                 for a, x, b in zip(attributions, formatted_inputs, formatted_baselines)
             )
+        self._warn_non_finite(attributions, formatted_inputs)
         return cast(
             TensorOrTupleOfTensorsGeneric,
             _format_output(is_inputs_tuple, attributions),
