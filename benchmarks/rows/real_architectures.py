@@ -311,6 +311,7 @@ def rows(device: torch.device, quick: bool) -> list[BenchRow]:
             goal=("ratio<=", 3.0),
             passes=3,
             unit=plain_forward,
+            unit_kind="fwd",
             check=check_fit,
             note=f"{note}, 2 batches of {fit_batch}, BatchNorm folded inside",
         )
