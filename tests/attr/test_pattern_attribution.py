@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -293,3 +294,128 @@ def test_bad_target_type_refused(cls: Any) -> None:
     with pytest.raises(AssertionError):
         method.attribute(torch.randn(2, 1, 8, 8, dtype=torch.float64))  # no target
     assert method.multiplies_by_inputs is False
+
+
+# ---------------------------------------------------------------------------
+# real architectures: rules of gated activations, gates, refusals, finiteness
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.Hardswish(inplace=True), nn.GELU()])
+def test_gated_activation_rule_multiplies_by_the_gate(act: nn.Module) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 1)).double().eval()
+    patterns = _fit(net, (64, 3))
+    x = torch.randn(5, 3, dtype=torch.float64)
+    got = PatternAttribution(net, patterns).attribute(x)
+    b1 = net[0].weight.detach() * patterns["0"]
+    b2 = net[2].weight.detach() * patterns["2"]
+    z = x @ net[0].weight.detach().T + net[0].bias.detach()
+    # the gate g(z) = f(z) / z of x * g(x), written out per activation
+    if isinstance(act, nn.SiLU):
+        gate = torch.sigmoid(z)
+    elif isinstance(act, nn.Hardswish):
+        gate = torch.clamp(z + 3.0, 0.0, 6.0) / 6.0
+    else:
+        gate = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    y = net(x).detach()
+    expected = y * ((b2 * gate) @ b1)
+    torch.testing.assert_close(got, expected)
+
+
+def test_squeeze_excitation_scale_is_a_constant_gate() -> None:
+    ops = pytest.importorskip("torchvision.ops")
+    torch.manual_seed(0)
+    net = (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 1),
+            nn.ReLU(),
+            ops.SqueezeExcitation(4, 2),
+            nn.Flatten(),
+            nn.Linear(4 * 3 * 3, 1),
+        )
+        .double()
+        .eval()
+    )
+    patterns = _fit(net, (32, 2, 3, 3))
+    # the layers computing the scale get no pattern (no gradient reaches them)
+    assert set(patterns) == {"0", "4"}
+    x = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    got = PatternAttribution(net, patterns).attribute(x)
+    with torch.no_grad():
+        h = torch.relu(net[0](x))
+        scale = net[2]._scale(h)  # (N, 4, 1, 1), a constant gate
+        y = net(x)
+    b_lin = (net[4].weight * patterns["4"]).detach().reshape(4, 3, 3)
+    g_h = y[:, :, None, None] * b_lin[None] * scale * (h > 0)
+    b_conv = (net[0].weight * patterns["0"]).detach()[:, :, 0, 0]  # (4, 2)
+    expected = torch.einsum("nohw,oi->nihw", g_h, b_conv)
+    torch.testing.assert_close(got, expected)
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.attn = nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x)
+        return self.attn(h, h, h)[0].sum(dim=(1, 2))
+
+
+def _count_forwards(model: nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_transformers_and_layernorm_refused_before_any_forward() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8
+    ).eval()
+    calls = _count_forwards(vit)
+    msg = r"'encoder\.layers\.encoder_layer_0\.ln_1' \(LayerNorm\).*not a fixed linear"
+    with pytest.raises(ValueError, match=msg):
+        fit_patterns(vit, [torch.randn(2, 3, 32, 32)])
+    with pytest.raises(ValueError, match=msg):
+        PatternAttribution(vit, PatternSet({}))
+    assert calls[0] == 0
+    attention = _Attention()
+    calls = _count_forwards(attention)
+    with pytest.raises(ValueError, match=r"'attn' \(MultiheadAttention\).*attention"):
+        fit_patterns(attention, [torch.randn(2, 3, 4)])
+    with pytest.raises(ValueError, match=r"'attn' \(MultiheadAttention\)"):
+        PatternNet(attention, PatternSet({}))
+    assert calls[0] == 0
+
+
+@pytest.mark.parametrize(
+    "arch", ["resnet18", "vgg11_bn", "mobilenet_v3_small", "efficientnet_b0"]
+)
+def test_finite_attributions_on_torchvision_models(arch: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from captum_ext.attr import PatternGuidedIG
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
+    state = snapshot(model)
+    data = [torch.randn(4, 3, 32, 32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ill-conditioned layers
+        patterns = fit_patterns(model, data)
+    x = data[0][:2]
+    target = model(x).argmax(1)
+    pa = PatternAttribution(model, patterns).attribute(x, target=target)
+    pgig = PatternGuidedIG(model, patterns).attribute(x, target=target, n_steps=2)
+    for attr in (pa, pgig):
+        assert attr.shape == x.shape and bool(torch.isfinite(attr).all())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        signal = PatternNet(model, patterns).attribute(x, target=target)
+    # PatternNet multiplies the patterns over the layers: either finite, or
+    # a warning says it is not -- never a silent non-finite map
+    if not bool(torch.isfinite(signal).all()):
+        assert any("non-finite" in str(w.message) for w in caught)
+    assert_model_unchanged(state, model)

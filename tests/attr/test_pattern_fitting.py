@@ -211,7 +211,10 @@ def test_linear_pattern_check_value() -> None:
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -1.0]]))
     linear = fit_patterns(model, [data.x], kind="linear")[""]
-    # REFERENCE_NOTES: linear pattern of the synthetic data ~ [1.018, 0.018]
+    # the linear pattern of the synthetic stress-test data is ~ [1.018, 0.018]
+    # in the public pgig notebook (https://github.com/DFKI-NLP/pgig) of
+    # Schwarzenberg & Castle, Pattern-Guided Integrated Gradients (fig. 2,
+    # https://arxiv.org/abs/2007.10685)
     torch.testing.assert_close(
         linear, torch.tensor([[1.018, 0.018]], dtype=torch.float64), atol=5e-4, rtol=0
     )
@@ -256,7 +259,8 @@ def test_saturating_net_patterns_and_the_references_value() -> None:
         atol=1e-4,
         rtol=0,
     )
-    # REFERENCE_NOTES quote [-1.003, -0.003] from the pgig notebook: there
+    # the public pgig notebook (https://github.com/DFKI-NLP/pgig) prints
+    # [-1.003, -0.003] for this network: there
     # np.mean(x_plus * y_plus) broadcasts a (n,) by an (n, 1) array, so
     # E+[xy] becomes E+[x] E+[y] and the pattern E+[x] / w^T E+[x]. Our data
     # reproduce that number with that formula; the correct estimator differs.
@@ -519,3 +523,190 @@ def test_pattern_set_check_names_and_shapes() -> None:
     with pytest.raises(ValueError, match="'0'"):
         patterns.check(renamed)
     assert math.isfinite(float(patterns["0"].sum()))
+
+
+# ---------------------------------------------------------------------------
+# Conv1d / Conv3d / grouped / depthwise and torchvision layers, brute force
+# ---------------------------------------------------------------------------
+
+
+def _patches_nd(conv: nn.Module, x: Tensor) -> Tensor:
+    """Patches ``(samples, out_channels, fan_in)`` by slicing, one kernel offset
+    at a time, in the weight's (channel, kernel offsets) order."""
+    import itertools
+
+    dims = x.dim() - 2
+    if conv.padding == "same":
+        pads = []
+        for d, k in zip(conv.dilation, conv.kernel_size):
+            pads.append((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2))
+    else:
+        pads = [(p, p) for p in conv.padding]
+    xp = x.double()
+    for axis, (lo, hi) in enumerate(pads):
+        shape = list(xp.shape)
+        shape[2 + axis] = lo
+        before = torch.zeros(shape, dtype=xp.dtype)
+        shape[2 + axis] = hi
+        after = torch.zeros(shape, dtype=xp.dtype)
+        xp = torch.cat([before, xp, after], dim=2 + axis)
+    y_shape = conv(x).shape[2:]
+    taps = []
+    for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
+        index = [slice(None), slice(None)]
+        for o, d, s, n_out in zip(offset, conv.dilation, conv.stride, y_shape):
+            index.append(slice(o * d, o * d + s * (n_out - 1) + 1, s))
+        taps.append(xp[tuple(index)])
+    p = torch.stack(taps, dim=2)  # (N, C_in, K, *out)
+    n, c_in, k_len = p.shape[:3]
+    p = p.reshape(n, c_in * k_len, -1).transpose(1, 2).reshape(-1, c_in * k_len)
+    g = conv.groups
+    per_group = c_in // g * k_len
+    c_out = conv.out_channels
+    rows = [
+        p[:, (o // (c_out // g)) * per_group : (o // (c_out // g) + 1) * per_group]
+        for o in range(c_out)
+    ]
+    assert dims == len(y_shape)
+    return torch.stack(rows, dim=1)
+
+
+def _vector_brute_force(
+    patches: Tensor, y: Tensor, gate: Tensor, weight: Tensor, kind: str
+) -> Tensor:
+    """Eq. 2 per unit in float64: patches (S, out, k), y and gate (S, out)."""
+    w = weight.detach().double().reshape(weight.shape[0], -1)
+    rows = []
+    for j in range(w.shape[0]):
+        x_j, y_j = patches[:, j], y[:, j].double()
+        sel = gate[:, j] > 0 if kind == "relu" else torch.ones_like(y_j, dtype=bool)
+        if not bool(sel.any()):
+            rows.append(torch.zeros_like(w[j]))
+            continue
+        num = (x_j[sel] * y_j[sel, None]).mean(0) - x_j[sel].mean(0) * y_j.mean()
+        den = float(w[j] @ num)
+        rows.append(num / (den if den != 0 else 1.0))
+    return torch.stack(rows).reshape(weight.shape)
+
+
+def _layer_io(model: nn.Module, layer: nn.Module, follower: Any, xs: list[Tensor]):
+    """Input, output and the following activation's input of ``layer``."""
+    got: dict[str, list[Tensor]] = {"x": [], "y": []}
+
+    def hook(m: nn.Module, args: Any, out: Tensor) -> None:
+        got["x"].append(args[0].detach().clone())
+        got["y"].append(out.detach().clone())
+
+    h = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+    finally:
+        h.remove()
+    x_all, y_all = torch.cat(got["x"]), torch.cat(got["y"])
+    gate = follower(y_all) if follower is not None else y_all
+    return x_all, y_all, gate
+
+
+def _check_conv_layer(model, layer, follower, xs, kind, patterns) -> None:
+    x, y, gate = _layer_io(model, layer, follower, xs)
+    patches = _patches_nd(layer, x)
+    flat = lambda t: t.double().movedim(1, -1).reshape(-1, t.shape[1])  # noqa: E731
+    expected = _vector_brute_force(patches, flat(y), flat(gate), layer.weight, kind)
+    name = {m: n for n, m in model.named_modules()}[layer]
+    _assert_rel(patterns[name], expected, 1e-4)
+
+
+@pytest.mark.parametrize("kind", ["relu", "linear"])
+def test_conv1d_conv3d_grouped_depthwise_match_brute_force(kind: str) -> None:
+    torch.manual_seed(0)
+    net1 = nn.Sequential(
+        nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv1d(6, 6, 4, padding="same", dilation=2, groups=6),  # depthwise
+        nn.ReLU(),
+    ).eval()
+    xs1 = [torch.randn(5, 4, 11) + 0.3 for _ in range(2)]
+    p1 = fit_patterns(net1, xs1, kind=kind, eps=0.0)
+    _check_conv_layer(net1, net1[0], None, xs1, kind, p1)
+    _check_conv_layer(net1, net1[2], None, xs1, kind, p1)
+    net3 = nn.Sequential(
+        nn.Conv3d(2, 4, (2, 3, 3), stride=(1, 2, 1), padding=(0, 1, 1), groups=2),
+        nn.ReLU(),
+        nn.Conv3d(4, 4, 3, padding=1, groups=4),  # depthwise
+    ).eval()
+    xs3 = [torch.randn(3, 2, 4, 5, 5) + 0.2 for _ in range(2)]
+    p3 = fit_patterns(net3, xs3, kind=kind, eps=0.0)
+    _check_conv_layer(net3, net3[0], None, xs3, kind, p3)
+    _check_conv_layer(net3, net3[2], None, xs3, kind, p3)
+
+
+def _randomise_batchnorms(model: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+
+
+def _bn_by_hand(bn: nn.Module) -> Any:
+    def apply(y: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        t = bn.bias.detach() - bn.running_mean * s
+        return y * s.view(shape) + t.view(shape)
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    "arch, layer, bn",
+    [
+        ("resnet18", "layer1.0.conv1", "layer1.0.bn1"),  # BatchNorm as attribute
+        ("mobilenet_v3_small", "features.1.block.0.0", "features.1.block.0.1"),
+    ],
+)
+def test_torchvision_layer_matches_brute_force(arch: str, layer: str, bn: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    _randomise_batchnorms(model, 1)
+    state = snapshot(model)
+    xs = [torch.randn(3, 3, 32, 32) for _ in range(2)]
+    patterns = fit_patterns(model, xs, eps=0.0)
+    assert_model_unchanged(state, model)
+    named = dict(model.named_modules())
+    # the "relu" mask is the BatchNorm's output, computed here by hand
+    _check_conv_layer(model, named[layer], _bn_by_hand(named[bn]), xs, "relu", patterns)
+    assert named[layer].groups == (1 if arch == "resnet18" else 16)
+
+
+def test_stabiliser_floors_ill_conditioned_denominators() -> None:
+    # cov(x) = diag(1, delta^2), w = (e, 1): cos(w, cov w) ~ 1e-3
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 2, generator=gen, dtype=torch.float64)
+    x = z * torch.tensor([1.0, 1e-5], dtype=torch.float64)
+    layer = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1e-3, 1.0]], dtype=torch.float64))
+    w = layer.weight.detach()[0]
+    y = x @ w
+    num = (x * y[:, None]).mean(0) - x.mean(0) * y.mean()
+    exact = num / (w @ num)
+    cos = float((w @ num).abs() / (w.norm() * num.norm()))
+    assert cos < 1e-2
+    torch.testing.assert_close(
+        fit_patterns(layer, [x], kind="linear", eps=0.0)[""][0], exact
+    )
+    with pytest.warns(UserWarning, match=r"ill-conditioned.*'' \(1 of 1 units"):
+        floored = fit_patterns(layer, [x], kind="linear", eps=1e-2)[""][0]
+    expected = num / (1e-2 * w.norm() * num.norm())
+    torch.testing.assert_close(floored, expected)
+    assert floored.norm() < exact.norm()
+    with pytest.raises(ValueError, match="eps"):
+        fit_patterns(layer, [x], eps=1.5)

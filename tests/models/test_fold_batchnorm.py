@@ -112,9 +112,44 @@ class _Branchy(nn.Module):
         return self.bn(self.conv(x))
 
 
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x + self.conv(x))  # after an addition: nothing to fold into
+
+
+def test_batchnorm_as_a_block_attribute_is_folded() -> None:
+    torch.manual_seed(0)
+    branchy = _Branchy()
+    branchy.bn.running_mean.uniform_(-1, 1)
+    branchy.bn.running_var.uniform_(0.5, 2)
+    folded = fold_batchnorm(branchy)
+    assert isinstance(folded.bn, nn.Identity)
+    x = torch.randn(3, 1, 6, 6)
+    torch.testing.assert_close(folded(x), branchy.eval()(x))
+    torchvision = pytest.importorskip("torchvision")
+    resnet = torchvision.models.resnet18(weights=None, num_classes=5)
+    resnet.train()
+    with torch.no_grad():
+        resnet(torch.randn(8, 3, 32, 32))  # non-trivial running statistics
+    resnet.eval()
+    state = snapshot(resnet)
+    folded = fold_batchnorm(resnet)
+    assert_model_unchanged(state, resnet)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(folded.layer1[0].bn1, nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), resnet(x), rtol=1e-4, atol=1e-4)
+
+
 def test_unfoldable_batchnorm_is_refused() -> None:
-    with pytest.raises(ValueError, match="bn"):
-        fold_batchnorm(_Branchy())
+    with pytest.raises(ValueError, match=r"\['bn'\].*handle BatchNorm themselves"):
+        fold_batchnorm(_Residual())
     with pytest.raises(ValueError, match="running statistics"):
         fold_batchnorm(
             nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False))

@@ -34,6 +34,9 @@ _CHUNK_ELEMENTS = 2**23
 #: im2col products with ``F.unfold`` and a matrix product (2-D only).
 _UNFOLD_POSITIONS = 100
 
+#: A Linear layer's rows are gathered over batches until there are this many.
+_LINEAR_ROWS = 512
+
 #: Default of ``fit_patterns``' ``eps``: the smallest cosine allowed between a
 #: unit's weight vector and the numerator of its pattern.
 DEFAULT_EPS = 1e-3
@@ -88,7 +91,8 @@ class _LayerStats:
         self.z: Tensor | None = None
         self.sum_yc: Tensor | None = None
         self.n_all = 0.0
-        self.count_big: Tensor | None = None
+        self.rows: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        self.n_rows = 0
 
     def _dtype(self, y: Tensor) -> torch.dtype:
         if self.compute_dtype is not None:
@@ -111,8 +115,31 @@ class _LayerStats:
         g = y if gate is None else gate.detach()
         if self.is_conv:
             self._conv_products(x, y, g)
-        else:
-            self._linear_products(x, y, g)
+            return
+        # Linear layers see few rows per batch but have large products: rows
+        # are gathered (copied: the model may change them in place later)
+        # until one matrix product over many rows pays for the float64
+        # accumulation
+        xs = x.reshape(-1, x.shape[-1])
+        ys = y.reshape(-1, y.shape[-1])
+        gs = ys if gate is None else g.reshape(-1, g.shape[-1])
+        if not bool(torch.isfinite(ys).all() and torch.isfinite(xs).all()):
+            raise _NonFiniteBatch(self.name)
+        self.rows.append((xs.clone(), ys.clone(), None if gate is None else gs.clone()))
+        self.n_rows += xs.shape[0]
+        if self.n_rows >= _LINEAR_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Process the gathered rows of a Linear layer."""
+        if not self.rows:
+            return
+        xs = torch.cat([r[0] for r in self.rows])
+        ys = torch.cat([r[1] for r in self.rows])
+        gs = torch.cat([r[1] if r[2] is None else r[2] for r in self.rows])
+        self.rows = []
+        self.n_rows = 0
+        self._linear_products(xs, ys, gs)
 
     def _add(self, r: Tensor, z: Tensor, sum_yc: Tensor, n: int) -> None:
         f64 = torch.float64
@@ -183,7 +210,10 @@ class _LayerStats:
         for s, (lo, hi) in zip(x.shape[2:], pads):
             in_per_img *= s + lo + hi
         k_numel = int(self.weight[0, 0].numel())
-        unfold = dims == 2 and positions < _UNFOLD_POSITIONS
+        pointwise = k_numel == 1 and all(st == 1 for st in conv.stride)
+        pointwise = pointwise and not any(lo or hi for lo, hi in pads)
+        unfold = not pointwise and dims == 2 and groups == 1
+        unfold = unfold and positions < _UNFOLD_POSITIONS
         per_img = in_per_img + 2 * c_out * positions
         if unfold:
             per_img += c_in * k_numel * positions  # the im2col patches
@@ -215,7 +245,14 @@ class _LayerStats:
                 my.mul_(m)
             else:
                 m.fill_(1.0)
-            if unfold:
+            if pointwise:
+                # 1x1 convolutions: the patches are the inputs themselves
+                zz = z.view(ni, groups, 2 * cg, positions)
+                rc = torch.einsum(
+                    "ngol,ngkl->gok", zz, xc.reshape(ni, groups, -1, positions)
+                )
+                zc = zz.sum(dim=(0, 3), dtype=f64)
+            elif unfold:
                 # few output positions: an explicit im2col and one (batched)
                 # matrix product beat the weight-gradient kernel on CPUs
                 u = F.unfold(
@@ -224,14 +261,11 @@ class _LayerStats:
                     dilation=tuple(conv.dilation),
                     stride=tuple(conv.stride),
                 )
+                zt = z.view(ni, 2 * cg, positions).transpose(1, 2)
+                rc = zt.reshape(-1, 2 * cg).T @ u.transpose(1, 2).reshape(
+                    -1, u.shape[1]
+                )
                 zz = z.view(ni, groups, 2 * cg, positions)
-                if groups == 1:
-                    zt = zz[:, 0].transpose(1, 2).reshape(-1, 2 * cg)
-                    rc = zt.T @ u.transpose(1, 2).reshape(-1, u.shape[1])
-                else:
-                    rc = torch.einsum(
-                        "ngol,ngkl->gok", zz, u.view(ni, groups, -1, positions)
-                    )
                 zc = zz.sum(dim=(0, 3), dtype=f64)
             else:
                 _, rc, zc = torch.ops.aten.convolution_backward(
@@ -269,6 +303,7 @@ class _LayerStats:
         """
         f64 = torch.float64
         out, k = self.out_features, self.fan_in
+        self.flush()
         if self.r is None:
             dev = device if device is not None else torch.device("cpu")
             return [
@@ -439,13 +474,15 @@ def _first_examples(args: tuple[Any, ...], size: int) -> tuple[Any, ...] | None:
     )
 
 
-def _pair_batchnorms(
+def _probe(
     model: nn.Module, chosen: dict[str, nn.Module], args: tuple[Any, ...]
-) -> dict[str, nn.Module]:
-    """Which chosen layers feed a BatchNorm directly: ``{layer name: bn}``.
+) -> tuple[dict[str, nn.Module], str | None]:
+    """Which chosen layers feed a BatchNorm directly, and the output layer.
 
-    Found by one forward pass on (a slice of) ``args``: a BatchNorm whose
-    input is the very tensor a layer returned follows that layer.
+    Returns ``({layer name: bn}, name)``, found by one forward pass on (a
+    slice of) ``args``: a BatchNorm whose input is the very tensor a layer
+    returned follows that layer; the output layer is the one whose output is
+    the model's return value (None if there is none).
     """
     outputs: dict[int, tuple[str, Tensor]] = {}
     pairs: dict[str, nn.Module] = {}
@@ -473,17 +510,19 @@ def _pair_batchnorms(
         with torch.no_grad():
             small = _first_examples(args, 2)
             try:
-                model(*(small if small is not None else args))
+                result = model(*(small if small is not None else args))
             except Exception:
                 if small is None:
                     raise
                 outputs.clear()
                 pairs.clear()
-                model(*args)
+                result = model(*args)
     finally:
         for h in handles:
             h.remove()
-    return pairs
+    found = outputs.get(id(result))
+    last = found[0] if found is not None and found[1] is result else None
+    return pairs, last
 
 
 def fit_patterns(
@@ -643,6 +682,7 @@ def fit_patterns(
     device = param.device if param is not None else None
     unpack = unpack_batch if unpack_batch is not None else _default_unpack
     paired: dict[str, nn.Module] = {}
+    output_layer: str | None = None
     pending: dict[int, tuple[_LayerStats, Tensor, Tensor]] = {}
 
     def make_hook(s: _LayerStats) -> Callable[..., None]:
@@ -700,9 +740,10 @@ def fit_patterns(
                                 "patterns would all become NaN. Clean or drop "
                                 "that batch."
                             )
+                if n_batches == 0 and kind == "relu":
+                    pairs, output_layer = _probe(model, chosen, args)
+                    paired.update(pairs)
                 if n_batches == 0:
-                    if kind == "relu":
-                        paired.update(_pair_batchnorms(model, chosen, args))
                     for s in stats.values():
                         handles.append(
                             s.module.register_forward_hook(
@@ -731,7 +772,14 @@ def fit_patterns(
             h.remove()
 
     dev = device if device is not None else torch.device("cpu")
-    sums = {name: s.raw_sums(dev) for name, s in stats.items()}
+    try:
+        sums = {name: s.raw_sums(dev) for name, s in stats.items()}
+    except _NonFiniteBatch as err:
+        raise ValueError(
+            f"`data` gives non-finite statistics (NaN or inf) at layer "
+            f"{err.layer!r} although the inputs are finite (the activations "
+            "overflow); patterns would all become NaN."
+        ) from None
     if reduce:
         count_t = torch.tensor(float(num_examples), dtype=torch.float64, device=dev)
         _all_reduce([sums[n] for n in stats], count_t, group)
@@ -749,6 +797,21 @@ def fit_patterns(
                 f"Layer {name!r} saw no data while fitting patterns (the model's "
                 "forward never called it); leave it out of `layers`."
             )
+        if name == output_layer:
+            never = (sums[name][0] == 0).nonzero().flatten().tolist()
+            if never:
+                shown = ", ".join(str(i) for i in never[:10])
+                warnings.warn(
+                    f"fit_patterns: output units [{shown}"
+                    f"{', ...' if len(never) > 10 else ''}] of the output layer "
+                    f"{name!r} were never positive on `data`, so their "
+                    "kind='relu' patterns are zero and PatternNet, "
+                    "PatternAttribution and PGIG return exactly zero for these "
+                    "targets. Fit on more (or more representative) data, or "
+                    "use kind='linear'.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         pattern, floored, min_cos = s.pattern(sums.pop(name), float(eps))
         patterns[name] = pattern
         if floored:

@@ -105,16 +105,21 @@ class PatternNet(_StartFromOutput):
     :math:`s = a\,y`). It is not multiplied by the input.
 
     The rules are applied with forward hooks that swap each ``nn.Linear`` /
-    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
-    removed in ``finally``). Every other operation, including functional
+    ``nn.Conv1d/2d/3d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). BatchNorm, gated activations (SiLU, Hardswish,
+    GELU) and SqueezeExcitation gates get the rules listed in
+    ``docs/patterns.md``; every other operation, including functional
     activations in custom ``forward`` methods, keeps its ordinary gradient.
+    Finite inputs with non-finite attributions give a warning.
     The model must not end in a softmax (a warning is issued): explain logits.
 
     Args:
-        model (nn.Module): The model (BatchNorm folded, see
-            :func:`captum_ext.models.fold_batchnorm`).
-        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
-            of ``model`` (:func:`fit_patterns`).
+        model (nn.Module): The model, in eval mode. Eval-mode BatchNorm is
+            handled as the per-channel affine map it is (no folding needed);
+            attention, LayerNorm and other layers outside the pattern theory
+            are refused here, naming the module.
+        patterns (PatternSet): Patterns of every ``nn.Linear`` /
+            ``nn.Conv1d/2d/3d`` of ``model`` (:func:`fit_patterns`).
 
     Examples::
 
@@ -155,16 +160,21 @@ class PatternAttribution(_StartFromOutput):
     it is zero at saturated plateaus (see :class:`PatternGuidedIG`).
 
     The rules are applied with forward hooks that swap each ``nn.Linear`` /
-    ``nn.Conv2d``'s backward (the weights are never modified; hooks are
-    removed in ``finally``). Every other operation, including functional
+    ``nn.Conv1d/2d/3d``'s backward (the weights are never modified; hooks are
+    removed in ``finally``). BatchNorm, gated activations (SiLU, Hardswish,
+    GELU) and SqueezeExcitation gates get the rules listed in
+    ``docs/patterns.md``; every other operation, including functional
     activations in custom ``forward`` methods, keeps its ordinary gradient.
+    Finite inputs with non-finite attributions give a warning.
     The model must not end in a softmax (a warning is issued): explain logits.
 
     Args:
-        model (nn.Module): The model (BatchNorm folded, see
-            :func:`captum_ext.models.fold_batchnorm`).
-        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
-            of ``model`` (:func:`fit_patterns`).
+        model (nn.Module): The model, in eval mode. Eval-mode BatchNorm is
+            handled as the per-channel affine map it is (no folding needed);
+            attention, LayerNorm and other layers outside the pattern theory
+            are refused here, naming the module.
+        patterns (PatternSet): Patterns of every ``nn.Linear`` /
+            ``nn.Conv1d/2d/3d`` of ``model`` (:func:`fit_patterns`).
 
     Examples::
 

@@ -31,7 +31,7 @@ class PatternGuidedIG(_PatternAttributionBase):
     Schwarzenberg & Castle, *Pattern-Guided Integrated Gradients* (2020,
     workshop), eq. 4: Integrated Gradients whose path gradients are taken with
     the PatternAttribution backward pass :math:`\partial^{(p)}` (every
-    ``nn.Linear`` / ``nn.Conv2d`` backpropagates with :math:`W \odot A`, ReLU
+    ``nn.Linear`` / ``nn.Conv*d`` backpropagates with :math:`W \odot A`, ReLU
     gating and max-pool routing from the forward pass, biases ignored),
     started from 1 (as in IG) and multiplied by :math:`x - \bar{x}`:
 
@@ -54,10 +54,12 @@ class PatternGuidedIG(_PatternAttributionBase):
     hooks removed in ``finally``); the model must not end in a softmax.
 
     Args:
-        model (nn.Module): The model (BatchNorm folded, see
-            :func:`captum_ext.models.fold_batchnorm`).
-        patterns (PatternSet): Patterns of every ``nn.Linear`` / ``nn.Conv2d``
-            of ``model`` (:func:`fit_patterns`).
+        model (nn.Module): The model, in eval mode. Eval-mode BatchNorm is
+            handled as the per-channel affine map it is (no folding needed);
+            attention, LayerNorm and other layers outside the pattern theory
+            are refused here, naming the module.
+        patterns (PatternSet): Patterns of every ``nn.Linear`` /
+            ``nn.Conv1d/2d/3d`` of ``model`` (:func:`fit_patterns`).
         multiply_by_inputs (bool): Multiply the integrated pattern gradients by
             ``inputs - baselines`` (eq. 4). With False, the path average of the
             pattern gradients is returned (cf. Captum's ``multiply_by_inputs``).
