@@ -114,7 +114,9 @@ class MeanAblation(RandomTransform):
         Args:
             data (Tensor, Dataset, DataLoader or iterable): The inputs: a tensor
                 ``(n, *sample_shape)``; a Dataset whose items are inputs or
-                ``(input, ...)`` tuples (read in batches of ``batch_size``); a
+                ``(input, ...)`` tuples (read in batches of ``batch_size``;
+                PIL images are read as ``uint8`` tensors ``(C, H, W)`` in 0-255,
+                tv_tensors as plain tensors); a
                 DataLoader (or any iterable) yielding such batches. Only one
                 batch is in memory at a time; sums are accumulated in float64.
             p (float): Probability of ablating each feature, in [0, 1).

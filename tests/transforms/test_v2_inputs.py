@@ -156,3 +156,27 @@ def test_nothing_to_transform_is_refused() -> None:
         MeanAblation(0.1, torch.zeros(3))(("a", 3))
     with pytest.raises(TypeError, match="nothing to transform"):
         InvertedInputDropout(0.1)([1.0, 2.0])
+
+
+class _PILDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple:
+        array = self.images[i].permute(1, 2, 0).numpy()
+        return Image.fromarray(array), i % 3
+
+
+def test_from_data_reads_pil_image_label_datasets() -> None:
+    images = _u8(7, 3, 5, 6, seed=9)
+    ablate = MeanAblation.from_data(
+        _PILDataset(images), p=0.2, reduce_dims=(1, 2), batch_size=3
+    )
+    want = images.double().mean(dim=(0, 2, 3)).view(3, 1, 1)
+    torch.testing.assert_close(ablate.mean.double(), want)
+    # the transform then applies to the dataset's PIL images (0-255 scale)
+    out = ablate(_PILDataset(images)[0])
+    assert isinstance(out[0], Image.Image) and out[1] == 0
