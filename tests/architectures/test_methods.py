@@ -78,7 +78,7 @@ def _fit(model: nn.Module) -> Any:
 
 
 def _refs() -> Tensor:
-    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
 
 def _patch() -> Tensor:
@@ -109,7 +109,7 @@ def _runner(arch: str, method: str) -> Callable[[Tensor, Tensor], Tensor]:
     if method == "DistributionalIG":
         dig = DistributionalIG(model)
         refs = _refs()
-        return lambda x, t: dig.attribute(x, baselines=refs, target=t, n_steps=4)
+        return lambda x, t: dig.attribute(x, baselines=refs, target=t, n_steps=3)
     if method.startswith("PatchConductance"):
         pc = PatchConductance(model, _archs.layer(arch))
         directional = "finite_difference" if "finite" in method else "jvp"
@@ -120,7 +120,7 @@ def _runner(arch: str, method: str) -> Callable[[Tensor, Tensor], Tensor]:
         lm = LearnedMask(model)
         refs = _refs()
         return lambda x, t: lm.attribute(
-            x, target=t, distractors=refs, n_distractors=None, n_iter=3, lr=0.1
+            x, target=t, distractors=refs, n_distractors=None, n_iter=2, lr=0.1
         )
     raise AssertionError(method)
 
