@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import run
+from benchmarks import harness, run
 from benchmarks.harness import BenchRow, markdown_table, measure
 
 
@@ -38,8 +38,90 @@ def test_measure_fills_every_column(timer: str) -> None:
     for key in ("ratio", "speedup", "over_lower_bound", "unit_ms", "goal_met"):
         assert key in res
     assert res["results"] == "equal" and res["passes"] == 4
-    table = markdown_table([res])
-    assert table.count("\n") == 2 and "4 fwd" in table and "toy twin (naive)" in table
+    assert res["ratio"] == pytest.approx(res["ours_ms"] / res["theirs_ms"])
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+class _FakeClock:
+    """A clock that only the rows' callables advance, by known amounts."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float, value: object) -> object:
+        self.now += seconds
+        return value
+
+
+@pytest.mark.parametrize(
+    ("goal", "met", "shown"),
+    [
+        (("speedup>=", 1.5), False, "speed-up >= 1.5"),
+        (("ratio<=", 1.5), True, "ratio <= 1.5"),
+        (("ratio<=", 1.49), False, "ratio <= 1.49"),
+    ],
+)
+def test_measured_numbers_are_consistent(
+    monkeypatch: pytest.MonkeyPatch,
+    goal: tuple[str, float],
+    met: bool,
+    shown: str,
+) -> None:
+    # ours costs 3 s, theirs 2 s, one unit pass 0.5 s: every column is known
+    clock = _FakeClock()
+    monkeypatch.setitem(harness.TIMERS, "fake", clock)
+    seen = []
+    row = BenchRow(
+        name="toy",
+        counterpart="toy twin",
+        kind="naive",
+        ours=lambda: clock.spend(3.0, "ours"),
+        theirs=lambda: clock.spend(2.0, "theirs"),
+        goal=goal,
+        passes=4,
+        unit=lambda: clock.spend(0.5, None),
+        unit_kind="fwd",
+        check=lambda a, b: seen.append((a, b)),
+    )
+    res = measure(row, repeats=3, warmup=1, timer="fake")
+    assert seen == [("ours", "theirs")]  # the check got both results, once
+    assert res["results"] == "equal"
+    assert res["ours_ms"] == pytest.approx(3000.0)
+    assert res["theirs_ms"] == pytest.approx(2000.0)
+    assert res["ratio"] == pytest.approx(1.5)  # ours / theirs
+    assert res["speedup"] == pytest.approx(2.0 / 3.0)
+    assert res["unit_ms"] == pytest.approx(500.0)
+    assert res["over_lower_bound"] == pytest.approx(3.0 / (4 * 0.5))
+    assert res["goal"] == shown and res["goal_met"] is met
+    lines = markdown_table([res]).splitlines()
+    assert len(lines) == 3
+    assert _cells(lines[2]) == [
+        "toy",
+        "toy twin (naive)",
+        "3000.00",
+        "2000.00",
+        "1.500",
+        shown,
+        "yes" if met else "**no**",
+        "equal",
+        "4 fwd",
+        "500.00",
+        "1.50",
+    ]
+
+
+def test_results_column_without_check_and_with_a_failing_check() -> None:
+    row = _row()
+    row.check = None
+    assert measure(row, repeats=1, warmup=0)["results"] == "n/a"
+    with pytest.raises(AssertionError, match="results differ"):
+        measure(_row(check_ok=False), repeats=1, warmup=0)
 
 
 def test_failed_row_is_reported_not_fatal(

@@ -48,6 +48,17 @@ class MeanAblation(RandomTransform):
     with size-1 dimensions (e.g. ``(C, 1, 1)`` for a per-channel image mean);
     a 0-d mean is refused because it cannot tell the two apart.
 
+    **Inside torchvision v2 pipelines.** Calling the transform behaves like a
+    ``torchvision.transforms.v2`` transform (torchvision is not needed): it
+    takes PIL images, tv_tensors ``Image`` / ``Video`` (type kept) and
+    integer tensors as well as floating ones, alone or inside ``(image,
+    label, ...)`` tuples, lists and dicts, and passes everything else
+    (labels, ``BoundingBoxes``, ``Mask``) through unchanged. Integer images
+    (``uint8`` in 0-255, PIL images) are transformed in floating point, then
+    rounded to the nearest integer and clamped to the dtype's range, so
+    ``mean`` must be on the 0-255 scale (:meth:`from_data` on such images
+    gives it). ``__call__`` below states the rules.
+
     **Randomness.** One uniform draw per element, from ``generator`` when
     given (else the global RNG), in one vectorised ``torch.where``; the same
     generator state gives the same mask whatever the input's dtype. The
@@ -103,7 +114,9 @@ class MeanAblation(RandomTransform):
         Args:
             data (Tensor, Dataset, DataLoader or iterable): The inputs: a tensor
                 ``(n, *sample_shape)``; a Dataset whose items are inputs or
-                ``(input, ...)`` tuples (read in batches of ``batch_size``); a
+                ``(input, ...)`` tuples (read in batches of ``batch_size``;
+                PIL images are read as ``uint8`` tensors ``(C, H, W)`` in 0-255,
+                tv_tensors as plain tensors); a
                 DataLoader (or any iterable) yielding such batches. Only one
                 batch is in memory at a time; sums are accumulated in float64.
             p (float): Probability of ablating each feature, in [0, 1).
@@ -179,7 +192,12 @@ class InvertedInputDropout(RandomTransform):
     it is called (it ignores ``training``, like torchvision's random
     transforms). One uniform draw per element, the same draws as
     :class:`MeanAblation` for the same generator state. Generators in
-    DataLoader workers are handled as described for :class:`MeanAblation`.
+    DataLoader workers are handled as described for :class:`MeanAblation`, and
+    so are PIL images, integer tensors, tv_tensors and ``(image, label)``
+    samples; for integer images the scaled survivors are rounded and clamped
+    (a ``uint8`` pixel above ``255 (1 - p)`` saturates at 255, so the
+    expectation is kept only below it: convert to float first where that
+    matters).
 
     Args:
         p (float): Probability of zeroing each feature, in [0, 1).

@@ -9,9 +9,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data import get_worker_info
 
 from captum_ext._utils.validation import check_generator
+
+_INTEGER_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+)
 
 
 def check_probability(p: Any, name: str = "p", allow_one: bool = False) -> float:
@@ -53,9 +62,8 @@ def check_input(x: Any, owner: str) -> Tensor:
         raise TypeError(f"{owner} expects a torch.Tensor, got {type(x).__name__}.")
     if not x.is_floating_point():
         raise TypeError(
-            f"{owner} expects a floating-point tensor, got dtype {x.dtype}; convert "
-            "first (e.g. torchvision.transforms.v2.ToDtype(torch.float32, "
-            "scale=True) before it in a Compose)."
+            f"{owner} transforms floating-point and integer tensors, got dtype "
+            f"{x.dtype}; convert first (e.g. x.float())."
         )
     return x
 
@@ -121,6 +129,50 @@ def rewrap(out: Tensor, like: Tensor) -> Tensor:
     return tv_tensors.wrap(out, like=like)
 
 
+def _is_pil_image(obj: Any) -> bool:
+    cls = type(obj)
+    return cls.__module__.startswith("PIL.") and any(
+        c.__name__ == "Image" and c.__module__ == "PIL.Image" for c in cls.__mro__
+    )
+
+
+def _tv_kind(obj: Any) -> str | None:
+    """The kind of a torchvision tv_tensor, None for anything else.
+
+    ``"image"`` for Image / Video, ``"other"`` for the rest (BoundingBoxes,
+    Mask, KeyPoints, ...).
+    """
+    if not isinstance(obj, Tensor) or type(obj) is Tensor:
+        return None
+    if not type(obj).__module__.startswith("torchvision"):
+        return None
+    from torchvision import tv_tensors
+
+    if isinstance(obj, (tv_tensors.Image, tv_tensors.Video)):
+        return "image"
+    return "other"
+
+
+def _transformed_leaves(leaves: list[Any]) -> list[int]:
+    """Indices of the leaves a v2-style transform changes.
+
+    As in torchvision's v2 transforms: tv_tensors Images / Videos and PIL
+    images; plain tensors only when the sample has neither, and then only the
+    first plain tensor (later ones, e.g. a label tensor, pass through).
+    """
+    explicit = [
+        i
+        for i, leaf in enumerate(leaves)
+        if _tv_kind(leaf) == "image" or _is_pil_image(leaf)
+    ]
+    if explicit:
+        return explicit
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, Tensor) and type(leaf) is Tensor:
+            return [i]
+    return []
+
+
 def _mix_seeds(a: int, b: int) -> int:
     digest = hashlib.blake2b(f"{a}:{b}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -156,3 +208,92 @@ class RandomTransform(nn.Module):
             generator.manual_seed(_mix_seeds(int(self._initial_seed or 0), info.seed))
             self._worker_seed = info.seed
         return generator
+
+    def _module_call(self, x: Tensor) -> Tensor:
+        # nn.Module's call (hooks included) on a floating-point tensor: forward
+        out: Tensor = nn.Module.__call__(self, x)
+        return out
+
+    def _transform_leaf(self, x: Any) -> Any:
+        """Transform one image-like leaf: float / integer tensor or PIL image."""
+        if _is_pil_image(x):
+            return self._apply_pil(x)
+        like = x
+        if type(x) is not Tensor:
+            x = x.as_subclass(Tensor)  # tv_tensors: compute on the plain tensor
+        if x.is_floating_point():
+            out = self._module_call(x)
+        elif x.dtype in _INTEGER_DTYPES:
+            info = torch.iinfo(x.dtype)
+            small = x.dtype in (torch.uint8, torch.int8, torch.int16)
+            out = self._module_call(x.to(torch.float32 if small else torch.float64))
+            out = out.round_().clamp_(info.min, info.max).to(x.dtype)
+        else:
+            out = self._module_call(check_input(x, type(self).__name__))
+        return rewrap(out, like)
+
+    def _apply_pil(self, image: Any) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        if image.mode not in ("L", "RGB", "RGBA"):
+            raise TypeError(
+                f"{type(self).__name__} transforms PIL images of mode 'L', 'RGB' "
+                f"or 'RGBA', got mode {image.mode!r}; convert it first (e.g. "
+                "image.convert('RGB'))."
+            )
+        array = np.asarray(image, dtype=np.uint8)
+        x = torch.from_numpy(array.copy())
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+        out = self._transform_leaf(x.contiguous())
+        out_array = out.permute(1, 2, 0).contiguous().numpy()
+        if image.mode == "L":
+            out_array = out_array[..., 0]
+        return Image.fromarray(out_array)
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Transform the images of a sample (or a batch); pass the rest through.
+
+        ``forward`` transforms one floating-point tensor; calling the
+        transform accepts more, like a ``torchvision.transforms.v2`` transform
+        (without needing torchvision): ``inputs`` may
+        be one tensor (one sample or a batch), a PIL image, a tv_tensors
+        ``Image`` / ``Video``, or any nesting of tuples / lists / dicts of them
+        with other entries (labels, ``BoundingBoxes``, ``Mask``, ...), given
+        as one argument or several. The images are transformed (each with its
+        own random draws) and everything else is returned unchanged, in the
+        same structure. Which entries are images follows torchvision: tv_tensors
+        images and PIL images; when there are none, the first plain tensor.
+
+        dtypes: floating tensors are transformed as they are; integer tensors
+        (e.g. ``uint8`` images in 0-255) are transformed in floating point and
+        rounded to the nearest integer, clamped to the dtype's range, and
+        returned in their dtype; PIL images (modes L, RGB, RGBA) as ``uint8``
+        tensors ``(C, H, W)`` in 0-255, returned as PIL images of the same
+        mode. ``mean`` must then be on the image's scale (0-255).
+
+        Args:
+            *inputs (Any): The sample, as one argument or several.
+
+        Returns:
+            Any: the transformed sample, in the structure of ``inputs`` (a
+            tuple when several arguments were given).
+        """
+        if not inputs:
+            raise TypeError(f"{type(self).__name__} expects an input, got none.")
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        if isinstance(sample, Tensor) and type(sample) is Tensor:
+            return self._transform_leaf(sample)
+        leaves, spec = tree_flatten(sample)
+        which = _transformed_leaves(leaves)
+        if not which:
+            raise TypeError(
+                f"{type(self).__name__} found nothing to transform in a "
+                f"{type(sample).__name__}: it transforms torch.Tensors, "
+                "tv_tensors.Image / Video and PIL images (alone or inside "
+                "tuples, lists and dicts)."
+            )
+        out = list(leaves)
+        for i in which:
+            out[i] = self._transform_leaf(leaves[i])
+        return tree_unflatten(out, spec)

@@ -70,7 +70,9 @@ class MeanCutout(RandomTransform):
     :class:`MeanAblation`: an input with as many dimensions as ``mean`` is one
     sample, one more dimension is a batch. All samples of a batch get their own
     region, drawn in one vectorised step. Generators in DataLoader workers are
-    handled as described for :class:`MeanAblation`.
+    handled as described for :class:`MeanAblation`, and so are PIL images,
+    integer tensors (the fill is ``mean`` rounded), tv_tensors and ``(image,
+    label)`` samples.
 
     Args:
         size (int or tuple[int, int]): Side of the square, or ``(height,

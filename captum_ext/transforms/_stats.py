@@ -10,16 +10,33 @@ from captum._utils.progress import progress
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from captum_ext.transforms._base import _is_pil_image
+
+
+def _pil_to_tensor(image: Any) -> Tensor:
+    """A PIL image as a ``uint8`` tensor ``(C, H, W)`` (values 0-255)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return x[None] if x.dim() == 2 else x.permute(2, 0, 1).contiguous()
+
 
 def _first_tensor(item: Any, where: str) -> Tensor:
+    if isinstance(item, (tuple, list)) and item:
+        item = item[0]
     if isinstance(item, Tensor):
-        return item
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-        return item[0]
+        return item.as_subclass(Tensor)  # tv_tensors: the plain tensor
+    if _is_pil_image(item):
+        return _pil_to_tensor(item)
     raise TypeError(
-        f"{where} must yield Tensors or (input, ...) tuples/lists whose first "
-        f"element is the input Tensor, got {type(item).__name__}."
+        f"{where} must yield Tensors, PIL images or (input, ...) tuples/lists "
+        f"whose first element is the input, got {type(item).__name__}."
     )
+
+
+def _collate_inputs(items: list[Any]) -> Tensor:
+    """Stack the inputs of a Dataset's samples (PIL images as uint8 tensors)."""
+    return torch.stack([_first_tensor(item, "`data` (a Dataset)") for item in items])
 
 
 def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None]:
@@ -51,7 +68,9 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[Tensor], int | None]:
 
         return from_loader(), total
     if isinstance(data, Dataset):
-        loader: DataLoader[Any] = DataLoader(data, batch_size=batch_size)
+        loader: DataLoader[Any] = DataLoader(
+            data, batch_size=batch_size, collate_fn=_collate_inputs
+        )
         return _batches(loader, batch_size)
     if isinstance(data, Iterable):
 
