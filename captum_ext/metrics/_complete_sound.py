@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import repeat_forward_args
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import check_positive_int, format_inputs
 from captum_ext.metrics._curves import (
     BatchSize,
@@ -50,6 +51,7 @@ def _fractions(n_points: int, fraction_range: tuple[float, float]) -> Tensor:
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def saliency_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -195,6 +197,7 @@ def _check_unit(value: Any, name: str, low_open: bool = False) -> None:
 
 
 @log_usage()
+@preserves_model_state
 def completeness(
     g: Tensor | float,
     p: Tensor | float,
@@ -243,6 +246,7 @@ def completeness(
 
 
 @log_usage()
+@preserves_model_state
 def soundness(
     g: Tensor | float,
     p: Tensor | float,
@@ -327,6 +331,7 @@ def _stack_fill(fill: Any, inputs: tuple[Tensor, ...], bsz: int) -> Any:
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def worst_case_completeness_soundness(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,

@@ -10,6 +10,7 @@ from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import check_positive_int, format_inputs
 from captum_ext.metrics._curves import (
     BatchSize,
@@ -182,6 +183,7 @@ def _auc(
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def deletion_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -289,6 +291,7 @@ def deletion_auc(
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def insertion_auc(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,

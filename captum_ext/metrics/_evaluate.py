@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from captum._utils.progress import progress
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor, nn
 from torch.utils.data import (
     DataLoader,
@@ -27,6 +28,7 @@ from torch.utils.data import (
     RandomSampler,
 )
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import validate_target
 
 #: Keyword arguments a metric may name; it receives those it names.
@@ -133,6 +135,8 @@ class _MetricCall:
     explanation_kwargs: bool
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def evaluate_attributions(
     attribution_method: Attribution | Callable[..., Any],
     data: Iterable[Any],

@@ -11,6 +11,7 @@ from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_generator,
     check_positive_int,
@@ -41,6 +42,7 @@ _ORDERS = ("morf", "lerf", "random")
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def image_degradation(
     forward_func: Callable[..., Tensor],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -238,6 +240,7 @@ def image_degradation(
 
 
 @log_usage()
+@preserves_model_state
 def aopc(curves: Tensor) -> Tensor:
     r"""Area over the perturbation curve (AOPC), one value per example.
 

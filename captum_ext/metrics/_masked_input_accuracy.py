@@ -14,6 +14,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import repeat_forward_args, slice_forward_args
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_broadcasts_to,
     check_positive_int,
@@ -88,6 +89,7 @@ def _check_logits(output: Tensor, labels: Tensor) -> None:
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def masked_input_accuracy(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,
@@ -163,6 +165,7 @@ def masked_input_accuracy(
 
 
 @log_usage(part_of_slo=True)
+@preserves_model_state
 def masked_input_accuracy_curve(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensorsGeneric,

@@ -10,9 +10,11 @@ from captum._utils.common import _format_additional_forward_args
 from captum._utils.common import _validate_input as _validate_input_basic
 from captum._utils.typing import BaselineType, TargetType
 from captum.attr._utils.common import _format_input_baseline
+from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.gradient import check_grad_mode, target_gradients
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
@@ -193,6 +195,8 @@ class AblationPenalties(NamedTuple):
     average_gradients: Tensor | tuple[Tensor, ...]
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def ablation_penalties(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],

@@ -70,7 +70,7 @@ def test_dropout_in_training_mode_warns_for_attribution() -> None:
     net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 3))
     patterns = fit_patterns(net.eval(), [torch.randn(16, 4)])
     net.train()
-    msg = r"`model` is in training mode: dropout layers in training mode \(2\)"
+    msg = r"`model` is in training mode: Dropout module\(s\) '2'"
     with pytest.warns(UserWarning, match=msg):
         PatternAttribution(net, patterns).attribute(torch.randn(2, 4), target=0)
     assert net.training  # the flag is left as the user set it

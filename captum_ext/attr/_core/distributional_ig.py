@@ -14,6 +14,7 @@ from torch import Tensor
 
 from captum_ext._utils.batching import forward_args_for_paths, target_for_rows
 from captum_ext._utils.gradient import check_grad_mode, forward_select, target_gradients
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_generator,
     check_positive_int,
@@ -259,6 +260,7 @@ class DistributionalIG(GradientAttribution):
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.gradient import check_grad_mode, target_gradients
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import format_inputs, validate_target
 
 
@@ -57,6 +58,7 @@ class GradientSignInput(GradientAttribution):
         self.gradient_func = target_gradients
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

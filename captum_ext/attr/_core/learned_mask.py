@@ -22,6 +22,7 @@ from torch import Tensor
 
 from captum_ext._utils.batching import index_forward_args, target_for_rows
 from captum_ext._utils.gradient import run_forward_checked
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_generator,
     check_positive_int,
@@ -124,6 +125,7 @@ class LearnedMask(GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -22,6 +22,7 @@ from captum.attr._utils.attribution import InternalAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
@@ -222,6 +223,7 @@ class RecursiveMaskAttribution(GradientAttribution):
         self.attribution_method = method
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

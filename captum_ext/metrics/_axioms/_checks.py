@@ -7,10 +7,12 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._utils.batching import repeat_forward_args
 from captum_ext._utils.gradient import target_gradients
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import check_positive_int, validate_target
 from captum_ext.metrics._axioms._common import (
     AxiomResult,
@@ -62,6 +64,8 @@ def _reference_outputs(s: Setup) -> Tensor:
     return out.view(s.n, k).mean(dim=1)
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def completeness_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -190,6 +194,8 @@ def _pick_features(score: Tensor, features: Any, k: int, d: int) -> Tensor:
     return order[:, : min(k, d)]
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def sensitivity_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -384,6 +390,8 @@ def _feature_mask(features: Any, s: Setup, generator: torch.Generator | None) ->
     return mask.to(s.device)
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def dummy_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -470,6 +478,8 @@ def dummy_violation(
     )
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def linearity_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -620,6 +630,8 @@ def _pairs(
     return p
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def symmetry_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -726,6 +738,8 @@ def symmetry_violation(
     )
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def implementation_invariance_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,
@@ -849,6 +863,8 @@ def implementation_invariance_violation(
     )
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def ndp_violation(
     method: MethodType,
     forward_func: Callable[..., Any] | None,

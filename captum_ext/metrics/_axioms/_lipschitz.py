@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import check_positive_int
 from captum_ext.metrics._axioms._common import (
     AxiomResult,
@@ -47,6 +49,8 @@ def _ball(
     return (u * r * radius).to(dtype)
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def local_lipschitz(
     method: MethodType,
     forward_func: Callable[..., Any] | None,

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext.metrics._axioms._checks import (
     completeness_violation,
     dummy_violation,
@@ -116,6 +118,8 @@ class AxiomReport:
         return "\n".join(lines)
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def axiom_report(
     methods: Mapping[str, Any],
     forward_func: Callable[..., Any],

@@ -25,6 +25,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext._utils.gradient import check_grad_mode
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_broadcasts_to,
     check_positive_int,
@@ -283,6 +284,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
     ) -> tuple[Tensor | tuple[Tensor, ...], Tensor]: ...
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from captum_ext._utils.gradient import check_one_output_per_example, forward_select
 from captum_ext.attr._core.pattern._layers import (
     check_supported_model,
-    warn_train_mode,
 )
 from captum_ext.attr._core.pattern._pattern_set import PatternSet
 
@@ -85,7 +84,6 @@ class _PatternAttributionBase(GradientAttribution):
 
     def _backward_layers(self) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
         """The model's pattern layers and the matrices their backward uses."""
-        warn_train_mode(self._model, type(self).__name__)
         layers = self.patterns.check(self._model)
         weights = {}
         for name, module in layers.items():

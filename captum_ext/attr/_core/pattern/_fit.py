@@ -10,9 +10,11 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from captum._utils.progress import progress
+from captum.log import log_usage
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import check_positive_int
 from captum_ext.attr._core.pattern._layers import (
     BATCHNORM_TYPES,
@@ -20,7 +22,6 @@ from captum_ext.attr._core.pattern._layers import (
     check_supported_model,
     conv_padding,
     select_layers,
-    warn_train_mode,
 )
 from captum_ext.attr._core.pattern._pattern_set import _KINDS, PatternSet
 
@@ -525,6 +526,8 @@ def _probe(
     return pairs, last
 
 
+@log_usage(part_of_slo=True)
+@preserves_model_state
 def fit_patterns(
     model: nn.Module,
     data: Iterable[Any],
@@ -673,7 +676,6 @@ def fit_patterns(
         )
     chosen = select_layers(model, layers)
     reduce, group = _resolve_process_group(process_group)
-    warn_train_mode(model, "fit_patterns")
 
     stats = {
         name: _LayerStats(name, m, kind, compute_dtype) for name, m in chosen.items()

@@ -23,7 +23,6 @@ outside the theory and refused up front by :func:`check_supported_model`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -255,45 +254,3 @@ def select_layers(
             )
         wanted.add(name)
     return {name: m for name, m in named.items() if name in wanted}
-
-
-def warn_train_mode(model: nn.Module, who: str) -> None:
-    """Warn once when ``model`` has Dropout or BatchNorm layers in train mode.
-
-    Dropout then acts randomly (so do the patterns / attributions computed
-    through it), and BatchNorm normalises by batch statistics instead of the
-    fixed per-channel affine map the pattern rules assume.
-    """
-    from torch.nn.modules.dropout import _DropoutNd
-
-    dropout = [
-        name or "<root>"
-        for name, m in model.named_modules()
-        if isinstance(m, _DropoutNd) and m.training
-    ]
-    batchnorm = [
-        name or "<root>"
-        for name, m in model.named_modules()
-        if isinstance(m, BATCHNORM_TYPES) and m.training
-    ]
-    if not dropout and not batchnorm:
-        return
-    parts = []
-    if dropout:
-        parts.append(
-            f"dropout layers in training mode ({', '.join(dropout[:3])}"
-            f"{', ...' if len(dropout) > 3 else ''}) act randomly, so the results "
-            "are random"
-        )
-    if batchnorm:
-        parts.append(
-            f"BatchNorm layers in training mode ({', '.join(batchnorm[:3])}"
-            f"{', ...' if len(batchnorm) > 3 else ''}) normalise by batch "
-            "statistics, not by the fixed affine map the pattern rules assume"
-        )
-    warnings.warn(
-        f"{who}: `model` is in training mode: {'; '.join(parts)}. Call "
-        "model.eval() first.",
-        UserWarning,
-        stacklevel=3,
-    )

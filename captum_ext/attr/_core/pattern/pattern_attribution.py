@@ -10,6 +10,7 @@ from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import format_inputs, validate_target
 from captum_ext.attr._core.pattern._backward import pattern_backward
 from captum_ext.attr._core.pattern._base import _PatternAttributionBase
@@ -20,6 +21,7 @@ class _StartFromOutput(_PatternAttributionBase):
     """Backward from the target output's value through the substituted layers."""
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

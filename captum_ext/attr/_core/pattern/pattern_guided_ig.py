@@ -19,6 +19,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext._utils.gradient import check_grad_mode, target_gradients
+from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_positive_int,
     format_inputs,
@@ -99,6 +100,7 @@ class PatternGuidedIG(_PatternAttributionBase):
         return weight * pattern
 
     @log_usage(part_of_slo=True)
+    @preserves_model_state
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
