@@ -92,3 +92,14 @@ def test_bad_stabiliser_is_refused_naming_it() -> None:
     for eps in (-1e-3, 1.0, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="`eps`"):
             fit_patterns(_net(), [torch.randn(6, 4)], eps=eps)  # type: ignore[arg-type]
+
+
+def test_overflowing_attribution_warns_naming_the_stabiliser() -> None:
+    from captum_ext.attr import PatternNet
+
+    net = _net()
+    huge = PatternSet({"0": torch.full((5, 4), 1e30), "2": torch.full((3, 5), 1e30)})
+    x = torch.ones(2, 4)
+    with pytest.warns(RuntimeWarning, match=r"non-finite values.*eps"):
+        out = PatternNet(net, huge).attribute(x, target=0)
+    assert not bool(torch.isfinite(out).all())
