@@ -9,9 +9,11 @@ Conventions of the perturbation metrics (curves, AUCs, masked accuracy):
 
 - ``target`` and ``additional_forward_args`` mean what they mean in Captum.
   ``target`` indexes the score of each example in the output of
-  ``probability_fn`` (a softmax over dimension 1 by default); negative
-  indices count from the end. ``target=None`` takes that output whole, so it
-  must be one score per example (e.g. ``probability_fn=lambda out:
+  ``probability_fn`` (a softmax over dimension 1 by default); a negative
+  int counts from the end, and negative entries of per-example tensor or
+  list targets are refused (as in every attribution class).
+  ``target=None`` takes that output whole, so it must be one score per
+  example (e.g. ``probability_fn=lambda out:
   out.softmax(1)[:, 3]``); with the default softmax a ``target`` is
   required, and its absence is refused before any forward pass. For the
   predicted class pass ``target=forward_func(inputs).argmax(1)``. Every

@@ -181,16 +181,22 @@ def score_function(
 def resolve_target(scores: Tensor, target: TargetType) -> TargetType:
     """Check ``target`` against the scores' shape, once, and normalise it.
 
-    Negative entries of tensor or list targets become their index from the
-    end (like a negative int target), and a list of ints becomes a tensor.
+    A list of ints becomes a tensor. (Negative entries of tensor or list
+    targets were refused by the shared target validation, as in every
+    attribution class: Captum would fail on them inside ``torch.gather``.)
     """
     if target is None:
         return None
     check_target_in_range(scores, target)
     if isinstance(target, list) and target and isinstance(target[0], int):
         target = torch.tensor(target, device=scores.device)
-    if isinstance(target, Tensor) and target.numel() > 1 and scores.dim() > 1:
-        target = torch.remainder(target.to(scores.device), scores.shape[1])
+    if isinstance(target, Tensor) and target.numel() > 1:
+        if bool((target < 0).any()):
+            raise ValueError(
+                "`target` given per example must hold indices >= 0 (Captum "
+                f"selects them with torch.gather); got {int(target.min())}."
+            )
+        target = target.to(scores.device)
     return target
 
 
@@ -200,8 +206,8 @@ def select_scores(
     """One score per row: ``target`` of the scores, with Captum's semantics.
 
     ``target=None`` takes the scores as they are, which must then be one per
-    row (shape ``(rows,)`` or ``(rows, 1)``). Negative entries of tensor or
-    list targets index from the end, like a negative int target. With
+    row (shape ``(rows,)`` or ``(rows, 1)``). A negative int target indexes
+    from the end, as in Captum. With
     ``resolved=True``, ``target`` has been through :func:`resolve_target`.
     """
     if not isinstance(scores, Tensor):

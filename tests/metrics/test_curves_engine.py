@@ -136,7 +136,7 @@ def test_tuple_inputs_forward_args_and_tensor_target(chunk: int | None) -> None:
     perm = torch.rand(4, 10, generator=gen).argsort(1).argsort(1)
     ranks = (perm[:, :5], perm[:, 5:])
     ks = [0, 1, 3, 6, 10]
-    target = [0, 1, 2, -1]  # a negative entry indexes from the end
+    target = [0, 1, 2, 2]
     net = _ThreeScores()
     got = perturbation_curve(
         net,
@@ -176,11 +176,14 @@ def test_select_scores_follows_captum_targets() -> None:
     torch.testing.assert_close(select_scores(scores, 2, 2), torch.tensor([0.7, 0.2]))
     torch.testing.assert_close(select_scores(scores, -1, 2), torch.tensor([0.7, 0.2]))
     torch.testing.assert_close(
-        select_scores(scores, torch.tensor([-3, 1]), 2), torch.tensor([0.1, 0.3])
+        select_scores(scores, torch.tensor([0, 1]), 2), torch.tensor([0.1, 0.3])
     )
     torch.testing.assert_close(
-        select_scores(scores, [2, -2], 2), torch.tensor([0.7, 0.3])
+        select_scores(scores, [2, 1], 2), torch.tensor([0.7, 0.3])
     )
+    for negative in (torch.tensor([-3, 1]), [2, -2]):  # refused, as in every class
+        with pytest.raises(ValueError, match="`target`"):
+            select_scores(scores, negative, 2)
     # target=None: the scores as they are, one per example
     torch.testing.assert_close(
         select_scores(scores[:, :1], None, 2), torch.tensor([0.1, 0.5])

@@ -245,8 +245,9 @@ def test_bad_arguments() -> None:
 
 def test_callable_fill_target_none_and_negative_target() -> None:
     """The shared fill vocabulary (a callable) and Captum's target semantics:
-    None takes a one-score-per-example ``probability_fn`` output whole, and a
-    negative class indexes from the end."""
+    None takes a one-score-per-example ``probability_fn`` output whole, a
+    negative int class indexes from the end, and negative per-example entries
+    are refused clearly (Captum would fail inside ``gather``)."""
     model = CountingCNN().eval()
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 6, 5, generator=gen)
@@ -274,15 +275,11 @@ def test_callable_fill_target_none_and_negative_target() -> None:
     )
     torch.testing.assert_close(got_none, want)
     _, got_tensor = deletion_auc(
-        model,
-        x,
-        attr,
-        torch.tensor([-1, 3]),
-        flipped,
-        10,
-        return_curves=True,
+        model, x, attr, torch.tensor([3, 3]), flipped, 10, return_curves=True
     )
     torch.testing.assert_close(got_tensor, want)
+    with pytest.raises(ValueError, match="`target`"):
+        deletion_auc(model, x, attr, torch.tensor([-1, 3]), flipped, 10)
 
 
 def test_auto_batch_default_equals_one_pass(

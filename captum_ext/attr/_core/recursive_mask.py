@@ -22,6 +22,7 @@ from captum.attr._utils.attribution import InternalAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._utils.gradient import check_grad_mode
 from captum_ext._utils.model_state import preserves_model_state
 from captum_ext._utils.validation import (
     check_positive_int,
@@ -282,6 +283,10 @@ class RecursiveMaskAttribution(GradientAttribution):
             ...                       return_all_masks=True)
             >>> masks.shape  # (10, *x.shape)
         """
+        if isinstance(self.attribution_method, GradientAttribution):
+            check_grad_mode(
+                f"RecursiveMaskAttribution({type(self.attribution_method).__name__})"
+            )
         is_inputs_tuple, inputs_tuple = format_inputs(inputs)
         validate_target(target, inputs_tuple[0].shape[0])
         check_positive_int(n_iterations, "n_iterations")
