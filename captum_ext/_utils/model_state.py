@@ -114,12 +114,14 @@ def preserved_model_state(*objs: Any) -> Iterator[None]:
 
     Buffers are snapshotted on entry and written back in place on exit (after
     success and after any exception), so the tensors the user holds keep their
-    identity and their values are bit-identical. A buffer the call did not
-    touch (its version counter did not move) is left alone. A buffer replaced by a new
-    tensor object during the call is put back too. Warns once when a module is
-    in training mode with Dropout or BatchNorm (see the module docstring).
-    Nested calls (a metric calling an attribution method) snapshot, restore
-    and warn only for modules no enclosing call already covers.
+    identity and their values are bit-identical. A buffer whose values the
+    call did not change is left alone (BatchNorm's kernel updates running
+    statistics without moving the version counter, so values are compared).
+    A buffer replaced by a new tensor object during the call is put back too.
+    Warns once when a module is in training mode with Dropout or BatchNorm
+    (see the module docstring). Nested calls (a metric calling an attribution
+    method) snapshot, restore and warn only for modules no enclosing call
+    already covers.
     """
     guarded: set[int] = getattr(_ACTIVE, "ids", set())
     named = [
@@ -132,22 +134,22 @@ def preserved_model_state(*objs: Any) -> Iterator[None]:
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=5)
     _ACTIVE.ids = guarded | {id(m) for m in modules}
-    saved: list[tuple[nn.Module, str, Tensor, int, Tensor]] = []
+    saved: list[tuple[nn.Module, str, Tensor, Tensor]] = []
     with torch.no_grad():
         for m in modules:
             for name, buf in m._buffers.items():
                 if buf is not None:
-                    saved.append((m, name, buf, buf._version, buf.detach().clone()))
+                    saved.append((m, name, buf, buf.detach().clone()))
     try:
         yield
     finally:
         _ACTIVE.ids = guarded
         with torch.no_grad():
-            for m, name, buf, version, copy in saved:
+            for m, name, buf, copy in saved:
                 if m._buffers.get(name) is not buf:
                     m._buffers[name] = buf
-                elif buf._version == version:
-                    continue  # untouched: not even its version counter moves
+                elif buf.shape == copy.shape and torch.equal(buf, copy):
+                    continue  # unchanged: leave it (and its version counter) alone
                 if buf.shape != copy.shape:  # resized in place
                     buf.resize_(copy.shape)
                 buf.copy_(copy)
