@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar
 
 import torch
@@ -192,26 +195,85 @@ def preserves_model_state(func: F) -> F:
             bound = signature.bind_partial(*args, **kwargs).arguments
         except TypeError:  # let the function raise its own error
             return func(*args, **kwargs)
-        with preserved_model_state(*(bound.get(n) for n in names)):
-            result = func(*args, **kwargs)
-        bad = count_nonfinite(result)
-        if bad:
-            owner = bound.get("self")
-            where = (
-                func.__qualname__
-                if owner is None
-                else f"{type(owner).__name__}.{func.__name__}"
-            )
-            warnings.warn(
-                f"{where} returned {bad} non-finite value(s) (NaN or "
-                "inf). Check the inputs and the model's output for NaN / inf, "
-                "and the method's numerical knobs (its documentation says which).",
-                RuntimeWarning,
-                stacklevel=3,  # the caller of log_usage's wrapper
-            )
+        caller = _user_frame(sys._getframe(1))
+        with _warnings_at(caller):
+            with preserved_model_state(*(bound.get(n) for n in names)):
+                result = func(*args, **kwargs)
+            bad = count_nonfinite(result)
+            if bad:
+                owner = bound.get("self")
+                where = (
+                    func.__qualname__
+                    if owner is None
+                    else f"{type(owner).__name__}.{func.__name__}"
+                )
+                warnings.warn(
+                    f"{where} returned {bad} non-finite value(s) (NaN or "
+                    "inf). Check the inputs and the model's output for NaN / "
+                    "inf, and the method's numerical knobs (its documentation "
+                    "says which).",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_wrapper_file(filename: str) -> bool:
+    """This file, or Captum's ``log_usage`` wrapper."""
+    return filename == __file__ or filename.replace(os.sep, "/").endswith(
+        "captum/log/dummy_log.py"
+    )
+
+
+def _user_frame(frame: FrameType | None) -> FrameType | None:
+    """The first frame outside the decorators' own files."""
+    while frame is not None and _is_wrapper_file(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame
+
+
+@contextmanager
+def _warnings_at(caller: FrameType | None) -> Iterator[None]:
+    """Re-issue warnings that point into the decorators at the user's line.
+
+    A library warning raised with ``stacklevel=2`` inside a decorated function
+    would name the decorator's frame; it is re-issued (after the call, also
+    when the call raises) at the caller's line, through the user's filters.
+    Other warnings keep their location.
+    """
+    pending: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                pending = list(caught)
+    finally:
+        for w in pending:
+            _reissue(w, caller)
+
+
+def _reissue(w: warnings.WarningMessage, caller: FrameType | None) -> None:
+    filename, lineno, module_globals = w.filename, w.lineno, None
+    if caller is not None and _is_wrapper_file(w.filename):
+        filename, lineno = caller.f_code.co_filename, caller.f_lineno
+        module_globals = caller.f_globals
+    registry = (
+        module_globals.setdefault("__warningregistry__", {})
+        if module_globals is not None
+        else None
+    )
+    warnings.warn_explicit(
+        w.message,
+        w.category,
+        filename,
+        lineno,
+        registry=registry,
+        module_globals=module_globals,
+    )
 
 
 def count_nonfinite(result: Any, _depth: int = 0) -> int:

@@ -218,8 +218,12 @@ def test_non_finite_result_is_never_silent() -> None:
 
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     x[0, 0] = 1.0
-    with pytest.warns(RuntimeWarning, match="GradientSignInput.attribute returned"):
+    with pytest.warns(
+        RuntimeWarning, match="GradientSignInput.attribute returned"
+    ) as record:
         GradientSignInput(NaNNet().eval()).attribute(x, target=0)
+    # the warning points at the caller's line, not into the decorators
+    assert {w.filename for w in record} == {__file__}
 
 
 def test_count_nonfinite_looks_into_results() -> None:
