@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any
@@ -419,3 +420,57 @@ def test_finite_attributions_on_torchvision_models(arch: str) -> None:
     if not bool(torch.isfinite(signal).all()):
         assert any("non-finite" in str(w.message) for w in caught)
     assert_model_unchanged(state, model)
+
+
+def test_patternnet_compute_dtype_float64_is_the_manual_backward() -> None:
+    model64 = _cnn()
+    patterns = _fit(model64, (16, 1, 8, 8))
+    model = _cnn().float()
+    state = snapshot(model)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4)).float()
+    target = [2, 0, 1]
+    pn = PatternNet(model, patterns, compute_dtype=torch.float64)
+    out = pn.attribute(x, target=target)
+    assert out.dtype == torch.float64
+    # the float32 model's weights and the patterns as the float32 model uses
+    # them, every operation in float64
+    ref = _manual_backward(
+        copy.deepcopy(model).double(),
+        x.double(),
+        target,
+        {n: p.float().double() for n, p in patterns.items()},
+    )
+    torch.testing.assert_close(out, ref)
+    # float32 computation: the same signal up to float32 rounding
+    pn32 = PatternNet(model, patterns).attribute(x, target=target)
+    assert pn32.dtype == torch.float32
+    torch.testing.assert_close(pn32.double(), ref, rtol=1e-4, atol=1e-5)
+    assert_model_unchanged(state, model)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_patternnet_overflow_warns_and_float64_keeps_it_finite() -> None:
+    # ten identity layers whose patterns inflate the signal 1e5-fold each:
+    # PatternNet = y_c * 1e50 e_c, beyond float32's 3.4e38
+    layers = [nn.Linear(3, 3) for _ in range(10)]
+    for layer in layers:
+        nn.init.eye_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    model = nn.Sequential(*layers).eval()
+    patterns = PatternSet({str(i): 1e5 * torch.eye(3) for i in range(10)})
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    with pytest.warns(RuntimeWarning, match=r"compute_dtype=torch\.float64"):
+        signal = PatternNet(model, patterns).attribute(x, target=1)
+    assert not bool(torch.isfinite(signal).all())
+    signal = PatternNet(model, patterns, compute_dtype=torch.float64).attribute(
+        x, target=1
+    )
+    expected = torch.tensor([[0.0, 2.0 * 1e50, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(signal, expected, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("bad", [torch.int64, "float64", torch.bool])
+def test_patternnet_bad_compute_dtype_refused(bad: Any) -> None:
+    model = _cnn()
+    with pytest.raises(TypeError, match="`compute_dtype`"):
+        PatternNet(model, _ones_like_weights(model), compute_dtype=bad)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from itertools import chain
 from typing import Any, cast
 
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from captum_ext._utils.gradient import check_one_output_per_example, forward_select
 from captum_ext.attr._core.pattern._layers import (
@@ -43,6 +46,15 @@ class _PatternAttributionBase(GradientAttribution):
     #: BatchNorm backward rule: divide by the scale (PatternNet's ``A = 1/s``)
     #: or pass the gradient unchanged (``W * A = 1``).
     _divide_batchnorm_by_scale = False
+
+    #: Floating dtype of the forward and backward passes (None: the inputs').
+    _compute_dtype: torch.dtype | None = None
+
+    #: How to avoid an overflow of the backward pass (for the warning).
+    _overflow_hint = (
+        "Refit them with a larger stabiliser, fit_patterns(..., eps=1e-2), or "
+        "on more data."
+    )
 
     def __init__(self, model: nn.Module, patterns: PatternSet) -> None:
         GradientAttribution.__init__(self, model)
@@ -114,15 +126,42 @@ class _PatternAttributionBase(GradientAttribution):
         warnings.warn(
             f"{type(self).__name__}: the attributions of finite `inputs` hold "
             "non-finite values (the backward pass overflowed): ill-conditioned "
-            "`patterns` multiply over the layers. Refit them with a larger "
-            "stabiliser, fit_patterns(..., eps=1e-2), or on more data.",
+            f"`patterns` multiply over the layers. {self._overflow_hint}",
             RuntimeWarning,
             stacklevel=3,
         )
 
     def _checked_forward(self, *args: Any) -> Any:
         """The model's forward pass; warns once if its outputs look like softmax."""
-        output = self.forward_func(*args)
+        return self._check_output(self.forward_func(*args))
+
+    def _forward_in(self, dtype: torch.dtype) -> Callable[..., Any]:
+        """The model's forward pass computed in ``dtype``.
+
+        The model's floating-point parameters and buffers are replaced by
+        ``dtype`` copies for the call (:func:`torch.func.functional_call`; the
+        model's own tensors are neither cast nor modified), and floating-point
+        tensor arguments are cast to ``dtype``. Hooks on the model's modules,
+        the pattern backward rules among them, act as usual.
+        """
+        model = self._model
+        state = {
+            name: t.detach().to(dtype)
+            for name, t in chain(model.named_parameters(), model.named_buffers())
+            if t.is_floating_point()
+        }
+
+        def forward(*args: Any) -> Any:
+            cast_args = tuple(
+                a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
+                for a in args
+            )
+            return self._check_output(functional_call(model, state, cast_args))
+
+        return forward
+
+    def _check_output(self, output: Any) -> Any:
+        """``output``, after a warning (once) if it looks like softmax rows."""
         if (
             not self._softmax_warned
             and isinstance(output, Tensor)
@@ -138,9 +177,12 @@ class _PatternAttributionBase(GradientAttribution):
         additional_forward_args: Any,
     ) -> Tensor:
         """Run the model (pattern hooks active) and select the target output."""
-        selected = forward_select(
-            self._checked_forward, inputs, target, additional_forward_args
+        forward = (
+            self._checked_forward
+            if self._compute_dtype is None
+            else self._forward_in(self._compute_dtype)
         )
+        selected = forward_select(forward, inputs, target, additional_forward_args)
         check_one_output_per_example(selected)
         return selected.reshape(selected.shape[0])
 
