@@ -334,7 +334,9 @@ def test_unpack_batch_for_multi_input_models() -> None:
     torch.manual_seed(0)
     model = _TwoInputs().double()
     data = [(torch.randn(9, 3).double(), torch.randn(9, 2).double()) for _ in range(3)]
-    patterns = fit_patterns(model, data, unpack_batch=lambda b: (b[0], b[1], 2.0))
+    patterns = fit_patterns(
+        model, data, kind="relu", unpack_batch=lambda b: (b[0], b[1], 2.0)
+    )
     assert set(patterns) == {"a", "b", "out"}
     # layer "a" alone, from its own inputs and outputs
     xs = [b[0] for b in data]

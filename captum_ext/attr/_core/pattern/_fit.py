@@ -77,11 +77,9 @@ class _LayerStats:
         self.name = name
         self.module = module
         self.weight = cast(Tensor, module.weight)
-        self.relu = kind == "relu"
         self.is_conv = isinstance(module, CONV_TYPES)
         self.groups = int(getattr(module, "groups", 1))
-        # "linear" kind: sum M x is the same for every unit (of a group)
-        self.shared_x = not self.relu and self.groups == 1
+        self.set_relu(kind != "linear")
         self.compute_dtype = compute_dtype
         self.out_features = int(self.weight.shape[0])
         self.fan_in = int(self.weight[0].numel())
@@ -94,6 +92,12 @@ class _LayerStats:
         self.n_all = 0.0
         self.rows: list[tuple[Tensor, Tensor, Tensor | None]] = []
         self.n_rows = 0
+
+    def set_relu(self, relu: bool) -> None:
+        """Choose the estimator (before any data): positive regime or all samples."""
+        self.relu = relu
+        # "linear" kind: sum M x is the same for every unit (of a group)
+        self.shared_x = not relu and self.groups == 1
 
     def _dtype(self, y: Tensor) -> torch.dtype:
         if self.compute_dtype is not None:
@@ -475,23 +479,96 @@ def _first_examples(args: tuple[Any, ...], size: int) -> tuple[Any, ...] | None:
     )
 
 
+#: Functions that are a ReLU on their first argument (``nn.ReLU`` and
+#: ``nn.ReLU6`` call them); see :func:`_probe`.
+_RELU_FUNCTIONS = frozenset(
+    {F.relu, F.relu_, F.relu6, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+)
+
+
+def _is_relu(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the call is a ReLU (or a ReLU6: ``nn.ReLU6`` calls hardtanh)."""
+    if func in _RELU_FUNCTIONS:
+        return True
+    if func in (F.hardtanh, F.hardtanh_):
+        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        return isinstance(low, (int, float)) and low == 0
+    return False
+
+
+class _FirstConsumer(torch.overrides.TorchFunctionMode):
+    """Which watched tensors go first into a ReLU.
+
+    For each watched tensor: whether the first operation that computes a
+    tensor from it is a ReLU, given the tensor unmodified.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # id -> (tensor, version when produced); decided: id -> fed a ReLU?
+        self.watched: dict[int, tuple[Tensor, int]] = {}
+        self.decided: dict[int, bool] = {}
+
+    def watch(self, t: Any) -> None:
+        if isinstance(t, Tensor) and id(t) not in self.decided:
+            self.watched[id(t)] = (t, t._version)
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        hits = [
+            (i, a)
+            for i, a in enumerate((*args, *kwargs.values()))
+            if isinstance(a, Tensor) and id(a) in self.watched
+        ]
+        # the versions before the call (an in-place op changes them)
+        before = {id(a): a._version for _, a in hits}
+        result = func(*args, **kwargs)
+        # metadata queries (dim, size, shape, ...) return no tensor: not a use
+        computes = isinstance(result, Tensor) or (
+            isinstance(result, (tuple, list))
+            and any(isinstance(r, Tensor) for r in result)
+        )
+        if computes:
+            for i, a in hits:
+                if result is a and a._version == before[id(a)]:
+                    continue  # an identity (eval-mode Dropout): not a use
+                _, version = self.watched.pop(id(a))
+                self.decided[id(a)] = (
+                    _is_relu(func, args, kwargs) and i == 0 and before[id(a)] == version
+                )
+        return result
+
+
 def _probe(
     model: nn.Module, chosen: dict[str, nn.Module], args: tuple[Any, ...]
-) -> tuple[dict[str, nn.Module], str | None]:
-    """Which chosen layers feed a BatchNorm directly, and the output layer.
+) -> tuple[dict[str, nn.Module], str | None, set[str]]:
+    """Which chosen layers feed a BatchNorm, which feed a ReLU, and the output layer.
 
-    Returns ``({layer name: bn}, name)``, found by one forward pass on (a
-    slice of) ``args``: a BatchNorm whose input is the very tensor a layer
-    returned follows that layer; the output layer is the one whose output is
-    the model's return value (None if there is none).
+    Returns ``({layer name: bn}, name, relu_fed)``, found by one forward pass
+    on (a slice of) ``args``: a BatchNorm whose input is the very tensor a
+    layer returned follows that layer; a layer is in ``relu_fed`` when the
+    first operation applied to its activation (its output, or its
+    BatchNorm's output) is a ReLU, with the activation unmodified (so not a
+    residual sum, a pooling or another activation first); the output layer
+    is the one whose output is the model's return value (None if there is
+    none).
     """
     outputs: dict[int, tuple[str, Tensor]] = {}
     pairs: dict[str, nn.Module] = {}
+    bn_outputs: dict[str, Tensor] = {}
+    mode = _FirstConsumer()
 
     def layer_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inp: Any, out: Any) -> None:
             if isinstance(out, Tensor):
                 outputs[id(out)] = (name, out)
+                mode.watch(out)
 
         return hook
 
@@ -501,6 +578,21 @@ def _probe(
         if found is not None and found[1] is x:
             pairs[found[0]] = module
 
+    def bn_out_hook(module: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
+        for name, bn in pairs.items():
+            if bn is module and name not in bn_outputs and isinstance(out, Tensor):
+                bn_outputs[name] = out
+                mode.watch(out)
+
+    def run(call_args: tuple[Any, ...]) -> Any:
+        outputs.clear()
+        pairs.clear()
+        bn_outputs.clear()
+        mode.watched.clear()
+        mode.decided.clear()
+        with mode:
+            return model(*call_args)
+
     handles = []
     try:
         for name, m in chosen.items():
@@ -508,22 +600,26 @@ def _probe(
         for m in model.modules():
             if isinstance(m, BATCHNORM_TYPES):
                 handles.append(m.register_forward_pre_hook(bn_hook))
+                handles.append(m.register_forward_hook(bn_out_hook))
         with torch.no_grad():
             small = _first_examples(args, 2)
             try:
-                result = model(*(small if small is not None else args))
+                result = run(small if small is not None else args)
             except Exception:
                 if small is None:
                     raise
-                outputs.clear()
-                pairs.clear()
-                result = model(*args)
+                result = run(args)
     finally:
         for h in handles:
             h.remove()
     found = outputs.get(id(result))
     last = found[0] if found is not None and found[1] is result else None
-    return pairs, last
+    relu_fed = set()
+    for name, out in outputs.values():
+        activation = bn_outputs.get(name, out) if name in pairs else out
+        if mode.decided.get(id(activation), False):
+            relu_fed.add(name)
+    return pairs, last, relu_fed
 
 
 @log_usage(part_of_slo=True)
@@ -531,7 +627,7 @@ def _probe(
 def fit_patterns(
     model: nn.Module,
     data: Iterable[Any],
-    kind: str = "relu",
+    kind: str = "auto",
     layers: Sequence[str | nn.Module] | None = None,
     max_batches: int | None = None,
     show_progress: bool = False,
@@ -557,8 +653,8 @@ def fit_patterns(
                     - \mathbb{E}_+[x]\,\mathbb{E}[y_j]\right)}
 
     where :math:`\mathbb{E}_+` averages over the samples in which the unit is
-    active (``kind="relu"``; also used for the last layer, as in the
-    references) or over all samples (``kind="linear"``: :math:`a =
+    active (the two-component estimator, for a unit followed by a ReLU) or
+    over all samples (the linear estimator: :math:`a =
     \operatorname{cov}(x, y) / w^T \operatorname{cov}(x, y)`), and
     :math:`\mathbb{E}[y_j]` always averages over all samples. "Active" means
     that the input of the activation that follows is positive: the layer's
@@ -601,7 +697,22 @@ def fit_patterns(
         data (Iterable): A DataLoader or any iterable of input tensors or
             ``(input, ...)`` tuples (the first element is the model input, as
             in ``(x, y)`` batches). Tensors are moved to the model's device.
-        kind (str): ``"relu"`` (positive regime, the default) or ``"linear"``.
+        kind (str): Which estimator each layer gets.
+            ``"auto"`` (default): the two-component estimator for the layers
+            whose activation (output, or output of the BatchNorm that follows)
+            goes unmodified into a ReLU (``nn.ReLU``, ``F.relu``,
+            ``torch.relu``, ReLU6, in place or not), and for the output layer,
+            as in the references; the linear estimator for the others: layers
+            whose activation is first summed into a residual connection,
+            pooled, concatenated, or fed to another activation (SiLU,
+            Hardswish, GELU, ...), where the ReLU's positive regime does not
+            apply. On a plain ReLU network (MLP, VGG) this is ``"relu"``.
+            ``"relu"``: the two-component estimator for every layer (the
+            references' choice). ``"linear"``: the linear estimator for every
+            layer. On the trained torchvision ResNet-18 of
+            :func:`captum_ext.models.digits_vision_model`, ``"relu"`` puts
+            PatternAttribution below random order on image degradation, and
+            ``"auto"`` well above it (``docs/patterns.md`` gives the numbers).
         layers (list[str or nn.Module], optional): Only these layers (names or
             modules). Default: every pattern layer. The attribution classes
             need a pattern for every such layer the forward pass calls, so a
@@ -742,9 +853,12 @@ def fit_patterns(
                                 "patterns would all become NaN. Clean or drop "
                                 "that batch."
                             )
-                if n_batches == 0 and kind == "relu":
-                    pairs, output_layer = _probe(model, chosen, args)
+                if n_batches == 0 and kind != "linear":
+                    pairs, output_layer, relu_fed = _probe(model, chosen, args)
                     paired.update(pairs)
+                    if kind == "auto":
+                        for s in stats.values():
+                            s.set_relu(s.name in relu_fed or s.name == output_layer)
                 if n_batches == 0:
                     for s in stats.values():
                         handles.append(
@@ -799,7 +913,7 @@ def fit_patterns(
                 f"Layer {name!r} saw no data while fitting patterns (the model's "
                 "forward never called it); leave it out of `layers`."
             )
-        if name == output_layer:
+        if name == output_layer and s.relu:
             never = (sums[name][0] == 0).nonzero().flatten().tolist()
             if never:
                 shown = ", ".join(str(i) for i in never[:10])

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from captum_ext.attr._core.pattern._layers import PATTERN_LAYER_TYPES
 
 _FORMAT_NAME = "captum_ext.PatternSet"
-_KINDS = ("relu", "linear")
+_KINDS = ("relu", "linear", "auto")
 
 
 class PatternSet(Mapping[str, Tensor]):
