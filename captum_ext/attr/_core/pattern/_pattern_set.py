@@ -33,7 +33,8 @@ class PatternSet(Mapping[str, Tensor]):
 
     Args:
         patterns (Mapping[str, Tensor]): Layer name -> pattern tensor.
-        kind (str): The estimator that produced them, ``"relu"`` or ``"linear"``.
+        kind (str): The ``kind`` of :func:`fit_patterns` that produced them:
+            ``"relu"``, ``"linear"`` or ``"auto"`` (informational).
         num_examples (int, optional): How many data examples the statistics saw
             (summed over ranks); informational.
 
