@@ -257,23 +257,14 @@ def _warnings_at(caller: FrameType | None) -> Iterator[None]:
 
 
 def _reissue(w: warnings.WarningMessage, caller: FrameType | None) -> None:
-    filename, lineno, module_globals = w.filename, w.lineno, None
+    filename, lineno, registry = w.filename, w.lineno, None
     if caller is not None and _is_wrapper_file(w.filename):
         filename, lineno = caller.f_code.co_filename, caller.f_lineno
-        module_globals = caller.f_globals
-    registry = (
-        module_globals.setdefault("__warningregistry__", {})
-        if module_globals is not None
-        else None
-    )
-    warnings.warn_explicit(
-        w.message,
-        w.category,
-        filename,
-        lineno,
-        registry=registry,
-        module_globals=module_globals,
-    )
+        registry = caller.f_globals.setdefault("__warningregistry__", {})
+    # no ``module_globals``: with it, ``warn_explicit`` asks the caller's
+    # module loader for the source line, and for code run by ``python -c`` or
+    # from standard input that loader raises ImportError instead of warning
+    warnings.warn_explicit(w.message, w.category, filename, lineno, registry=registry)
 
 
 def count_nonfinite(result: Any, _depth: int = 0) -> int:

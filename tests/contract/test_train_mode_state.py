@@ -226,6 +226,35 @@ def test_non_finite_result_is_never_silent() -> None:
     assert {w.filename for w in record} == {__file__}
 
 
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_warnings_from_scripts_without_a_source_file(how: str) -> None:
+    """A warning re-issued at the caller's line must not fail when the caller
+    has no source file (``python -c``, ``python -`` reading standard input)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch\n"
+        "from captum_ext.attr import GradientSignInput\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5))\n"
+        "a = GradientSignInput(m).attribute(torch.ones(2, 4), target=0)\n"
+        "print('done', tuple(a.shape))\n"
+    )
+    args = [sys.executable, "-c", code] if how == "-c" else [sys.executable, "-"]
+    proc = subprocess.run(
+        args,
+        input=None if how == "-c" else code,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "done (2, 4)" in proc.stdout
+    assert "training mode" in proc.stderr  # the warning itself is shown
+
+
 def test_count_nonfinite_looks_into_results() -> None:
     from captum_ext._utils.model_state import count_nonfinite
 
