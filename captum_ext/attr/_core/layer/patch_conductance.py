@@ -467,6 +467,12 @@ class PatchConductance(LayerAttribution, GradientAttribution):
             else None
         )
         is_layer_tuple = False
+        # the patch directions d_S = (x - x') * 1_S of every example and patch,
+        # (bsz, M, ...) flattened to (bsz * M, ...): the tangents of one step
+        patch_dirs = tuple(
+            (d.unsqueeze(1) * ind).flatten(0, 1)
+            for d, ind in zip(directions, indicators)
+        )
         for chunk in path_chunks(
             starts,
             directions,
@@ -481,12 +487,6 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         ):
             c = chunk.steps
             rows = c * bsz
-            # the patch directions d_S = (x - x') * 1_S of every row (step-major
-            # rows, as the points), (rows, M, ...) flattened to (rows * M, ...)
-            tangents = tuple(
-                (d.unsqueeze(1) * ind).repeat((c,) + (1,) * d.dim()).flatten(0, 1)
-                for d, ind in zip(directions, indicators)
-            )
             if fused:
                 res = layer_pass(
                     self.forward_func,
@@ -494,13 +494,19 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                     chunk.points,
                     chunk.additional_forward_args,
                     to_layer_input=to_layer_input,
-                    tangents=tangents,
+                    tangents=patch_dirs,
+                    tangent_repeats=c,
                     target=chunk.target,
                     need_grad=True,
                 )
                 assert res.layer_grads is not None and res.tangents is not None
                 grads, directional_derivs = res.layer_grads, res.tangents
             else:
+                # the directions of every row (step-major, as the points),
+                # (rows * M, ...)
+                tangents = tuple(
+                    t.repeat((c,) + (1,) * (t.dim() - 1)) for t in patch_dirs
+                )
                 res = layer_pass(
                     self.forward_func,
                     self.layer,
@@ -517,6 +523,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 directional_derivs = self._directional(
                     res.values,
                     chunk,
+                    patch_dirs,
                     tangents,
                     directions,
                     m,
@@ -549,6 +556,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         self,
         values: tuple[Tensor, ...],
         chunk: PathChunk,
+        patch_dirs: tuple[Tensor, ...],
         tangents: tuple[Tensor, ...],
         directions: tuple[Tensor, ...],
         m: int,
@@ -557,7 +565,11 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         difference_at: str,
         n_steps: int,
     ) -> tuple[Tensor, ...]:
-        """Directional derivatives of the layer along each patch direction."""
+        """Directional derivatives of the layer along each patch direction.
+
+        ``patch_dirs`` are the ``bsz * M`` directions of one step, ``tangents``
+        those of every row of the chunk (``patch_dirs`` repeated per step).
+        """
         c = chunk.steps
         # each row of the chunk once per patch: Captum's repeat_interleave
         # expansion, as NoiseTunnel expands per-example arguments
@@ -571,7 +583,8 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 tuple(p.repeat_interleave(m, dim=0) for p in chunk.points),
                 row_afa,
                 to_layer_input=to_layer_input,
-                tangents=tangents,
+                tangents=patch_dirs,
+                tangent_repeats=c,
             )
             assert res.tangents is not None
             return res.tangents
