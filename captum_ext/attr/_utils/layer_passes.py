@@ -225,16 +225,20 @@ class TangentRules(TorchFunctionMode):
     ReLU's rule is fused. The values are PyTorch's up to rounding.
 
     Row-periodic tangents: the IG path points of one chunk share their
-    tangents (the patch directions), step after step. The caller registers
-    such a dual input with :meth:`register` (its ``rows`` distinct tangent
-    rows and the number of repeats); until the first operation that is not
-    one of the affine maps above (typically the first nonlinearity), the
-    tangent is computed on the distinct rows only and repeated.
+    tangents (the patch directions), step after step. The caller makes such
+    a dual input with :meth:`periodic` (its ``rows`` distinct tangent rows
+    and the number of repeats); until the first operation that is not one of
+    the affine maps above (typically the first nonlinearity), the tangent is
+    computed on the distinct rows only and repeated. A registered tensor
+    changed in place since (its tangent's version counter moved) is treated
+    as any other.
 
     The mode also makes forward AD go through attention: a torch-function
     mode turns off ``nn.MultiheadAttention``'s fused fast path (it is only
     taken when no argument has a torch-function override), and scaled
-    dot-product attention on dual tensors runs on its math backend. Any other
+    dot-product attention on dual tensors runs on its math backend
+    (``torch.nn.attention.sdpa_kernel``, which sets process-wide backend
+    flags for the duration of the attention call). Any other
     operation, and any of these with a dual parameter, runs unchanged. Call
     :meth:`deactivate` once no dual tensor can follow (after the layer).
     """
