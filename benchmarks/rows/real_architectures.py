@@ -17,6 +17,9 @@ statistics as initialised). ``--quick`` (and the test suite) uses 3x32x32.
   ``bsz * n_steps`` points.
 - PatchConductance (jvp, whole-image patch) on ``layer2`` vs Captum
   LayerConductance, goal ratio <= 1.1; one pass over ``n_steps`` path copies.
+  The same with ``directional="finite_difference"`` (Captum's approach:
+  differences of the layer's values; here one more forward pass of the
+  first half at the shifted points).
 - LearnedMask (upsample 4) on a batch vs single-image runs (goal ratio <= 1.1:
   on a compute-bound CPU the batch cannot be much faster, but it must not be
   slower); ``n_iter`` passes over the image x distractor pairs.
@@ -206,6 +209,34 @@ def rows(device: torch.device, quick: bool) -> list[BenchRow]:
             unit=_expanded_unit(model, x1, t1, n_steps),
             # two quadratures of the same integral: they agree only as n_steps
             # grows on a residual stage, so a loose relative-L2 check
+            check=lambda a, b: _assert_l2_close(a, b.detach(), tol=1.5),
+            note=f"{note}, batch 1, whole-image patch",
+        )
+    )
+    # finite differences, Captum's own approach (differences of the layer's
+    # values), at the quadrature points themselves: a second forward pass of
+    # the first half of the model at the shifted points
+    out.append(
+        BenchRow(
+            name=(
+                "PatchConductance (resnet18 layer2, finite_difference, "
+                f"{n_steps} steps)"
+            ),
+            counterpart="LayerConductance",
+            kind="Captum",
+            ours=lambda: pc.attribute(
+                x1,
+                everything,
+                target=t1,
+                n_steps=n_steps,
+                directional="finite_difference",
+            ),
+            theirs=lambda: lc.attribute(
+                x1, target=t1, n_steps=n_steps, method="riemann_trapezoid"
+            ),
+            goal=("ratio<=", 1.1),
+            passes=1,
+            unit=_expanded_unit(model, x1, t1, n_steps),
             check=lambda a, b: _assert_l2_close(a, b.detach(), tol=1.5),
             note=f"{note}, batch 1, whole-image patch",
         )

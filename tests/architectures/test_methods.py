@@ -48,8 +48,6 @@ METHODS = (
 # backward rule cover layers y = W x + b followed by pointwise nonlinearities;
 # attention multiplies two functions of the input and LayerNorm divides by one.
 _VIT_PATTERN = r"(?s)(MultiheadAttention|self_attention|LayerNorm|ln_1).*"
-# Forward-mode AD does not go through nn.MultiheadAttention's fused kernel.
-_VIT_JVP = r"(?s)(MultiheadAttention|self_attention|forward-mode|finite_difference)"
 
 #: "ok", or the regex a refusal's message must match.
 EXPECTED: dict[tuple[str, str], str] = {
@@ -57,7 +55,6 @@ EXPECTED: dict[tuple[str, str], str] = {
 }
 for _m in ("PatternNet", "PatternAttribution", "PatternGuidedIG"):
     EXPECTED["vit", _m] = _VIT_PATTERN
-EXPECTED["vit", "PatchConductance"] = _VIT_JVP
 # PatternNet's signal is a product of per-layer inflations over depth: on the
 # random-weight EfficientNet-B0 it reaches 2.6e44, beyond float32's 3.4e38,
 # so every value overflows; computed in float64 it is finite.
@@ -69,12 +66,6 @@ EXPECTED["efficientnet_b0", "PatternNet"] = "float64"
 #: EfficientNet's patch conductances are ~1e-15, i.e. zero).
 RTOL = 1e-4
 ATOL_FLOOR = 1e-9
-
-#: Refused with a clear message, but only after a forward pass: the ViT's
-#: PatchConductance with forward-mode AD finds out that attention has no
-#: forward-AD formula by trying. An xfail that turns into a failure when it is
-#: refused up front (then update this set).
-REFUSED_LATE = {("vit", "PatchConductance")}
 
 
 def _fit(model: nn.Module) -> Any:
@@ -177,9 +168,6 @@ def test_method_on_architecture(arch: str, method: str) -> None:
         finally:
             handle.remove()
         assert_model_unchanged(before, model)
-        if (arch, method) in REFUSED_LATE:
-            assert calls[0] > 0, "now refused up front: drop it from REFUSED_LATE"
-            pytest.xfail(f"{method} on {arch} is refused after a forward pass")
         # refused before the model ran (fit_patterns, if it ran, counts too)
         assert calls[0] == 0, f"{method} on {arch}: {calls[0]} forward passes"
         return

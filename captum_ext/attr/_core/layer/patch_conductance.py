@@ -213,6 +213,20 @@ class PatchConductance(LayerAttribution, GradientAttribution):
     much faster; see the test
     ``test_residual_stage_converges_to_layer_conductance``.
 
+    Cost and architectures with ``jvp``: one patch costs one forward pass
+    with tangents up to the layer and one backward pass from the output to
+    the layer. The tangents of convolutions, linear layers, inference
+    BatchNorm and ReLU use their own forward-mode rules (PyTorch's generic
+    ones cost a third convolution per layer, treating the parameters as
+    possible dual tensors), and the layers before the first nonlinearity
+    compute them once per example rather than once per path point. On a
+    random-weight torchvision ``resnet18`` (``layer2``, 3x224x224, 8 steps, 1
+    thread) this is 1.15x Captum's LayerConductance, whose finite
+    differences need no tangents (``benchmarks/RESULTS.md``). Forward AD also
+    goes through attention: during the pass ``nn.MultiheadAttention``'s fused
+    fast path is not taken and scaled dot-product attention runs on its math
+    backend, so a torchvision ``VisionTransformer`` works with ``jvp``.
+
     Like Captum's :class:`~captum.attr.LayerConductance`, the layer gradients
     come from a hooked forward / backward pass of the layer, not from
     ``gradient_func``. Models wrapped in ``DataParallel`` are not supported
@@ -467,6 +481,12 @@ class PatchConductance(LayerAttribution, GradientAttribution):
             else None
         )
         is_layer_tuple = False
+        # the patch directions d_S = (x - x') * 1_S of every example and patch,
+        # (bsz, M, ...) flattened to (bsz * M, ...): the tangents of one step
+        patch_dirs = tuple(
+            (d.unsqueeze(1) * ind).flatten(0, 1)
+            for d, ind in zip(directions, indicators)
+        )
         for chunk in path_chunks(
             starts,
             directions,
@@ -481,12 +501,6 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         ):
             c = chunk.steps
             rows = c * bsz
-            # the patch directions d_S = (x - x') * 1_S of every row (step-major
-            # rows, as the points), (rows, M, ...) flattened to (rows * M, ...)
-            tangents = tuple(
-                (d.unsqueeze(1) * ind).repeat((c,) + (1,) * d.dim()).flatten(0, 1)
-                for d, ind in zip(directions, indicators)
-            )
             if fused:
                 res = layer_pass(
                     self.forward_func,
@@ -494,13 +508,19 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                     chunk.points,
                     chunk.additional_forward_args,
                     to_layer_input=to_layer_input,
-                    tangents=tangents,
+                    tangents=patch_dirs,
+                    tangent_repeats=c,
                     target=chunk.target,
                     need_grad=True,
                 )
                 assert res.layer_grads is not None and res.tangents is not None
                 grads, directional_derivs = res.layer_grads, res.tangents
             else:
+                # the directions of every row (step-major, as the points),
+                # (rows * M, ...)
+                tangents = tuple(
+                    t.repeat((c,) + (1,) * (t.dim() - 1)) for t in patch_dirs
+                )
                 res = layer_pass(
                     self.forward_func,
                     self.layer,
@@ -517,6 +537,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 directional_derivs = self._directional(
                     res.values,
                     chunk,
+                    patch_dirs,
                     tangents,
                     directions,
                     m,
@@ -549,6 +570,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         self,
         values: tuple[Tensor, ...],
         chunk: PathChunk,
+        patch_dirs: tuple[Tensor, ...],
         tangents: tuple[Tensor, ...],
         directions: tuple[Tensor, ...],
         m: int,
@@ -557,7 +579,11 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         difference_at: str,
         n_steps: int,
     ) -> tuple[Tensor, ...]:
-        """Directional derivatives of the layer along each patch direction."""
+        """Directional derivatives of the layer along each patch direction.
+
+        ``patch_dirs`` are the ``bsz * M`` directions of one step, ``tangents``
+        those of every row of the chunk (``patch_dirs`` repeated per step).
+        """
         c = chunk.steps
         # each row of the chunk once per patch: Captum's repeat_interleave
         # expansion, as NoiseTunnel expands per-example arguments
@@ -571,7 +597,8 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 tuple(p.repeat_interleave(m, dim=0) for p in chunk.points),
                 row_afa,
                 to_layer_input=to_layer_input,
-                tangents=tangents,
+                tangents=patch_dirs,
+                tangent_repeats=c,
             )
             assert res.tangents is not None
             return res.tangents
