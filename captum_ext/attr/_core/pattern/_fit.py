@@ -35,6 +35,11 @@ _CHUNK_ELEMENTS = 2**23
 #: im2col products with ``F.unfold`` and a matrix product (2-D only).
 _UNFOLD_POSITIONS = 100
 
+#: Elements per block when float32 products are added to float64
+#: accumulators or turned into patterns: small enough that the temporaries
+#: are recycled by the allocator instead of being fresh pages every time.
+_ADD_BLOCK = 2**18
+
 #: A Linear layer's rows are gathered over batches until there are this many.
 _LINEAR_ROWS = 512
 
@@ -152,7 +157,7 @@ class _LayerStats:
             self.sum_yc = sum_yc.to(f64)
         else:
             assert self.z is not None and self.sum_yc is not None
-            self.r.add_(r)
+            _accumulate(self.r, r)
             self.z.add_(z)
             self.sum_yc.add_(sum_yc)
         self.n_all += n
@@ -319,33 +324,34 @@ class _LayerStats:
         r, z = self.r, self.z
         self.r = self.z = None
         d = self.d.to(f64)
+        c = self.c.to(f64)
         if self.is_conv:
             groups, cg = self.groups, out // self.groups
-            q = r[:, 0].reshape(out, k)
-            p = r[:, 1].reshape(out, k)
+            cin_g = c.numel() // groups
+            # (groups, units, in channels, kernel positions) views, so that the
+            # per-channel centre c broadcasts without an (out, fan_in) copy
+            r4 = r.view(groups, 2, cg, cin_g, k // cin_g)
+            q4, p4 = r4[:, 0], r4[:, 1]
             count = z[:, 0].reshape(out)
             sum_pos = z[:, 1].reshape(out)
-            cin_g = self.c.numel() // groups
-            c_rows = (
-                self.c.to(f64)
-                .reshape(groups, 1, cin_g, 1)
-                .expand(groups, cg, cin_g, k // cin_g)
-                .reshape(out, k)
-            )
-        elif self.relu:
-            q, p = r[:out], r[out:]
-            count, sum_pos = z[:out], z[out:]
-            c_rows = self.c.to(f64)[None].expand(out, k)
+            c4 = c.view(groups, 1, cin_g, 1)
+            coef = (sum_pos + d * count).view(groups, cg, 1, 1)
+            # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
+            p4.addcmul_(d.view(groups, cg, 1, 1), q4).addcmul_(c4, coef)
+            q4.addcmul_(c4, count.view(groups, cg, 1, 1))
+            q = q4.reshape(out, k)
+            p = p4.reshape(out, k)
         else:
-            q, p = r[:1], r[1:]
+            if self.relu:
+                q, p = r[:out], r[out:]
+            else:
+                q, p = r[:1], r[1:]
             count, sum_pos = z[:out], z[out:]
-            c_rows = self.c.to(f64)[None]
+            c_rows = c[None]
+            p.addcmul_(d[:, None], q).addcmul_(c_rows, (sum_pos + d * count)[:, None])
+            q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
         if self.shared_x:
             q = q[:1]
-            c_rows = c_rows[:1]
-        # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
-        p.addcmul_(d[:, None], q).addcmul_(c_rows, (sum_pos + d * count)[:, None])
-        q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
         sum_y = self.n_all * d + self.sum_yc
         n_all = torch.tensor(self.n_all, dtype=f64, device=q.device)
         return [count.clone(), q.contiguous(), p.contiguous(), sum_y, n_all]
@@ -364,18 +370,20 @@ class _LayerStats:
         out = torch.empty(
             self.out_features, self.fan_in, dtype=weight.dtype, device=count.device
         )
+        safe = torch.where(count == 0, torch.ones_like(count), count)
+        # E+[x] E[y] = sum_x * (mean_y / count), one coefficient per unit
+        coef = (sum_y / n_all).div_(safe)
         floored = 0
         min_cos = float("inf")
-        rows = max(1, _CHUNK_ELEMENTS // (4 * self.fan_in))
+        rows = max(1, _ADD_BLOCK // self.fan_in)
         for s in range(0, self.out_features, rows):
             e = min(s + rows, self.out_features)
             w = w_all[s:e].to(count.device, torch.float64)
-            cnt = count[s:e]
-            safe = torch.where(cnt == 0, torch.ones_like(cnt), cnt)[:, None]
             sx = sum_x if self.shared_x else sum_x[s:e]
-            num = sum_xy[s:e] / safe
-            num.sub_((sx / safe) * (sum_y[s:e] / n_all)[:, None])
-            den = (w * num).sum(dim=1)
+            # the numerator, in place in the (consumed) sums
+            num = sum_xy[s:e].div_(safe[s:e, None])
+            num.addcmul_(sx, coef[s:e, None], value=-1.0)
+            den = torch.bmm(w.unsqueeze(1), num.unsqueeze(2)).view(-1)
             scale = torch.linalg.vector_norm(w, dim=1) * torch.linalg.vector_norm(
                 num, dim=1
             )
@@ -387,8 +395,21 @@ class _LayerStats:
             floored += int(small.sum())
             den = torch.where(small, torch.where(den < 0, -floor, floor), den)
             den = torch.where(den == 0, torch.ones_like(den), den)
-            out[s:e] = (num / den[:, None]).to(weight.dtype)
+            out[s:e] = num.div_(den[:, None])
         return out.reshape(weight.shape).cpu(), floored, min_cos
+
+
+def _accumulate(acc: Tensor, r: Tensor) -> None:
+    """``acc += r`` (``acc`` contiguous float64), in blocks of :data:`_ADD_BLOCK`.
+
+    A float32 ``r`` is converted block by block: one mixed-dtype ``add_`` over
+    the whole tensor would allocate a float64 copy of it, i.e. fresh pages
+    (page faults) of twice the products' size on every batch.
+    """
+    flat = acc.view(-1)
+    src = r.reshape(-1)
+    for start in range(0, flat.numel(), _ADD_BLOCK):
+        flat[start : start + _ADD_BLOCK].add_(src[start : start + _ADD_BLOCK])
 
 
 class _NonFiniteBatch(Exception):
