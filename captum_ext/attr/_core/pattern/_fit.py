@@ -496,55 +496,123 @@ def _first_examples(args: tuple[Any, ...], size: int) -> tuple[Any, ...] | None:
     )
 
 
+def _split_batch(
+    model: nn.Module, args: tuple[Any, ...], size: int
+) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """``(first size examples, the others)``, or None unless exactly separable.
+
+    Separable: the model is in eval mode (no module in training mode, so no
+    batch statistics), and every argument is either a Tensor whose first
+    dimension is the batch (larger than ``size``) or a plain scalar / string /
+    None, passed to both halves.
+    """
+    n = _batch_size(args)
+    if n <= size or any(m.training for m in model.modules()):
+        return None
+    for a in args:
+        if isinstance(a, Tensor):
+            if a.dim() == 0 or a.shape[0] != n:
+                return None
+        elif a is not None and not isinstance(a, (bool, int, float, str)):
+            return None
+    head = tuple(a[:size] if isinstance(a, Tensor) else a for a in args)
+    tail = tuple(a[size:] if isinstance(a, Tensor) else a for a in args)
+    return head, tail
+
+
+#: Examples of the first batch that the probe pass runs on.
+_PROBE_EXAMPLES = 2
+
+_Stashed = tuple[str, Tensor, Tensor, Tensor | None]
+
+
 def _probe(
     model: nn.Module, chosen: dict[str, nn.Module], args: tuple[Any, ...]
-) -> tuple[dict[str, nn.Module], str | None]:
+) -> tuple[dict[str, nn.Module], str | None, list[_Stashed], tuple[Any, ...] | None]:
     """Which chosen layers feed a BatchNorm directly, and the output layer.
 
-    Returns ``({layer name: bn}, name)``, found by one forward pass on (a
-    slice of) ``args``: a BatchNorm whose input is the very tensor a layer
-    returned follows that layer; the output layer is the one whose output is
-    the model's return value (None if there is none).
+    Returns ``({layer name: bn}, name, stash, rest)``, found by one forward
+    pass on (a slice of) ``args``: a BatchNorm whose input is the very tensor a
+    layer returned follows that layer; the output layer is the one whose
+    output is the model's return value (None if there is none).
+
+    When the batch splits exactly into its first :data:`_PROBE_EXAMPLES`
+    examples and the others (:func:`_split_batch`), the probe runs on the
+    first ones and keeps copies of each chosen layer call's input, output
+    and, if a BatchNorm follows, that BatchNorm's mask (``stash``: ``(name,
+    x, y, gate)``; copies, since later in-place operations of the forward may
+    change the originals), so that their statistics need no second pass;
+    ``rest`` are the other examples (to be passed normally). Otherwise the
+    stash is empty and ``rest`` is ``args``: the whole batch is still to do.
     """
-    outputs: dict[int, tuple[str, Tensor]] = {}
+    split = _split_batch(model, args, _PROBE_EXAMPLES)
+    keep = split is not None
+    outputs: dict[int, tuple[str, Tensor, int]] = {}
     pairs: dict[str, nn.Module] = {}
+    # [name, x, y, mask of the following BatchNorm, that BatchNorm]
+    stash: list[list[Any]] = []
+    copies: dict[int, tuple[Tensor, int, Tensor]] = {}
+
+    def copy(t: Tensor) -> Tensor:
+        hit = copies.get(id(t))
+        if hit is not None and hit[0] is t and hit[1] == t._version:
+            return hit[2]  # the same input of several layers, unchanged
+        c = t.detach().clone()
+        copies[id(t)] = (t, t._version, c)
+        return c
 
     def layer_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inp: Any, out: Any) -> None:
+        def hook(
+            module: nn.Module, a: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+        ) -> None:
             if isinstance(out, Tensor):
-                outputs[id(out)] = (name, out)
+                outputs[id(out)] = (name, out, len(stash))
+                if keep:
+                    x = a[0] if a else kwargs["input"]
+                    stash.append([name, copy(x), copy(out), None, None])
 
         return hook
 
-    def bn_hook(module: nn.Module, inp: tuple[Any, ...]) -> None:
+    def bn_hook(module: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
         x = inp[0] if inp else None
         found = outputs.get(id(x))
         if found is not None and found[1] is x:
             pairs[found[0]] = module
+            if keep and isinstance(out, Tensor):
+                stash[found[2]][3:] = [out > 0, module]
 
     handles = []
     try:
         for name, m in chosen.items():
-            handles.append(m.register_forward_hook(layer_hook(name)))
+            handles.append(m.register_forward_hook(layer_hook(name), with_kwargs=True))
         for m in model.modules():
             if isinstance(m, BATCHNORM_TYPES):
-                handles.append(m.register_forward_pre_hook(bn_hook))
+                handles.append(m.register_forward_hook(bn_hook))
         with torch.no_grad():
-            small = _first_examples(args, 2)
+            rest: tuple[Any, ...] | None = args
+            small = split[0] if split is not None else _first_examples(args, 2)
             try:
                 result = model(*(small if small is not None else args))
+                if split is not None:
+                    rest = split[1]
             except Exception:
                 if small is None:
                     raise
                 outputs.clear()
                 pairs.clear()
+                stash.clear()
+                keep = False
                 result = model(*args)
     finally:
         for h in handles:
             h.remove()
     found = outputs.get(id(result))
     last = found[0] if found is not None and found[1] is result else None
-    return pairs, last
+    kept: list[_Stashed] = [
+        (name, x, y, gate if bn is not None and pairs.get(name) is bn else None)
+        for name, x, y, gate, bn in stash
+    ]
+    return pairs, last, kept, rest
 
 
 @log_usage(part_of_slo=True)
@@ -763,8 +831,10 @@ def fit_patterns(
                                 "patterns would all become NaN. Clean or drop "
                                 "that batch."
                             )
+                stash: list[_Stashed] = []
+                rest: tuple[Any, ...] | None = args
                 if n_batches == 0 and kind == "relu":
-                    pairs, output_layer = _probe(model, chosen, args)
+                    pairs, output_layer, stash, rest = _probe(model, chosen, args)
                     paired.update(pairs)
                 if n_batches == 0:
                     for s in stats.values():
@@ -776,7 +846,12 @@ def fit_patterns(
                     for bn in set(paired.values()):
                         handles.append(bn.register_forward_hook(bn_hook))
                 try:
-                    model(*args)
+                    # the examples the probe pass already ran on, then the rest
+                    for name, x, y, gate in stash:
+                        stats[name].update(x, y, gate)
+                    del stash
+                    if rest is not None:
+                        model(*rest)
                 except _NonFiniteBatch as err:
                     raise ValueError(
                         f"`data`: batch {n_batches} gives non-finite statistics "
