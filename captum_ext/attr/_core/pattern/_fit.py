@@ -48,6 +48,31 @@ _LINEAR_ROWS = 512
 DEFAULT_EPS = 1e-3
 
 
+class _Workspace:
+    """Work buffers shared by the layers' updates during one fit.
+
+    The per-batch buffers of an update (the centred, padded inputs and the
+    mask / masked-output channels) are taken from here and reused by every
+    layer and batch: fresh buffers of that size would be new pages, and their
+    page faults cost as much as the arithmetic. Each buffer keeps the size of
+    the largest request, which :data:`_CHUNK_ELEMENTS` bounds.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def get(
+        self, key: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape`` (a reused buffer)."""
+        numel = math.prod(shape)
+        buf = self.buffers.get((key, dtype, device))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[(key, dtype, device)] = buf
+        return buf[:numel].view(tuple(shape))
+
+
 class _LayerStats:
     """Sufficient statistics of one layer, accumulated in float64.
 
@@ -77,10 +102,16 @@ class _LayerStats:
     """
 
     def __init__(
-        self, name: str, module: nn.Module, kind: str, compute_dtype: torch.dtype | None
+        self,
+        name: str,
+        module: nn.Module,
+        kind: str,
+        compute_dtype: torch.dtype | None,
+        workspace: _Workspace | None = None,
     ) -> None:
         self.name = name
         self.module = module
+        self.workspace = workspace if workspace is not None else _Workspace()
         self.weight = cast(Tensor, module.weight)
         self.relu = kind == "relu"
         self.is_conv = isinstance(module, CONV_TYPES)
@@ -179,7 +210,7 @@ class _LayerStats:
         for start in range(0, n, rows):
             xc = xs[start : start + rows].to(dt) - c
             yc = ys[start : start + rows].to(dt) - d
-            sum_yc = yc.sum(0, dtype=f64)
+            sum_yc = yc.sum(0)
             if self.relu:
                 z = torch.empty(xc.shape[0], 2 * out, dtype=dt, device=y.device)
                 m, my = z[:, :out], z[:, out:]
@@ -211,7 +242,6 @@ class _LayerStats:
         c, d = self.c, self.d
         assert d is not None
         pads = conv_padding(conv)
-        flat_pad = [p for lo_hi in reversed(pads) for p in lo_hi]
         in_per_img = c_in
         for s, (lo, hi) in zip(x.shape[2:], pads):
             in_per_img *= s + lo + hi
@@ -220,31 +250,46 @@ class _LayerStats:
         pointwise = pointwise and not any(lo or hi for lo, hi in pads)
         unfold = not pointwise and dims == 2 and groups == 1
         unfold = unfold and positions < _UNFOLD_POSITIONS
-        per_img = in_per_img + 2 * c_out * positions
+        # channels per group: the masks (one per unit for "relu"; for
+        # "linear" the mask is all ones and one channel serves the group)
+        # and the masked outputs
+        head = cg if self.relu else 1
+        zch = groups * (head + cg)
+        per_img = in_per_img + zch * positions
         if unfold:
             per_img += c_in * k_numel * positions  # the im2col patches
         chunk = max(1, _CHUNK_ELEMENTS // per_img)
-        weight_size = (2 * c_out, *self.weight.shape[1:])
+        weight_size = (zch, *self.weight.shape[1:])
         d_view = d.view(1, groups, cg, *([1] * dims))
+        centre = c.view(1, -1, *([1] * dims))
+        ws = self.workspace
         for start in range(0, n_img, chunk):
-            xs = x[start : start + chunk].to(dt)
-            ys = y[start : start + chunk].to(dt)
+            xs = x[start : start + chunk]
+            ys = y[start : start + chunk]
             ni = ys.shape[0]
-            # zero padding first, then centring: padded inputs are x = 0, x - c = -c
-            if any(lo or hi for lo, hi in pads):
-                xc = F.pad(xs, flat_pad)
-                xc.sub_(c.view(1, -1, *([1] * dims)))
-            else:
-                xc = xs - c.view(1, -1, *([1] * dims))
+            # zero padding, then centring: padded inputs are x = 0, x - c = -c
+            padded = [ni, c_in] + [
+                sz + lo + hi for sz, (lo, hi) in zip(x.shape[2:], pads)
+            ]
+            xc = ws.get("x", padded, dt, y.device)
+            inner = xc
+            for i, (lo, hi) in enumerate(pads):
+                if lo:
+                    xc.narrow(2 + i, 0, lo).copy_(centre.neg())
+                if hi:
+                    xc.narrow(2 + i, padded[2 + i] - hi, hi).copy_(centre.neg())
+                inner = inner.narrow(2 + i, lo, padded[2 + i] - lo - hi)
+            torch.sub(xs, centre, out=inner)
             # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
             # convolution weight-gradient call forms both im2col products
             # sum_{images, positions} patch' (x) z, and its bias gradient the
             # per-channel sums of z (counts and sum M (y - d)).
-            z = torch.empty(ni, groups, 2, cg, *out_spatial, dtype=dt, device=y.device)
-            m, my = z[:, :, 0], z[:, :, 1]
+            z = ws.get("z", (ni, groups, head + cg, *out_spatial), dt, y.device)
+            m, my = z[:, :, :head], z[:, :, head:]
             yg = ys.view(ni, groups, cg, *out_spatial)
             torch.sub(yg, d_view, out=my)
-            sum_yc = my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64).reshape(c_out)
+            # float32 per-batch sums like the kernel's; float64 across batches
+            sum_yc = my.sum(dim=tuple(range(3, 3 + dims))).sum(0).reshape(c_out)
             if self.relu:
                 gg = g[start : start + chunk].view(ni, groups, cg, *out_spatial)
                 torch.gt(gg, 0, out=m)
@@ -253,11 +298,11 @@ class _LayerStats:
                 m.fill_(1.0)
             if pointwise:
                 # 1x1 convolutions: the patches are the inputs themselves
-                zz = z.view(ni, groups, 2 * cg, positions)
+                zz = z.view(ni, groups, head + cg, positions)
                 rc = torch.einsum(
                     "ngol,ngkl->gok", zz, xc.reshape(ni, groups, -1, positions)
                 )
-                zc = zz.sum(dim=(0, 3), dtype=f64)
+                zc = zz.sum(dim=(0, 3))
             elif unfold:
                 # few output positions: an explicit im2col and one (batched)
                 # matrix product beat the weight-gradient kernel on CPUs
@@ -267,18 +312,15 @@ class _LayerStats:
                     dilation=tuple(conv.dilation),
                     stride=tuple(conv.stride),
                 )
-                zt = z.view(ni, 2 * cg, positions).transpose(1, 2)
-                rc = zt.reshape(-1, 2 * cg).T @ u.transpose(1, 2).reshape(
-                    -1, u.shape[1]
-                )
-                zz = z.view(ni, groups, 2 * cg, positions)
-                zc = zz.sum(dim=(0, 3), dtype=f64)
+                zt = z.view(ni, zch, positions).transpose(1, 2)
+                rc = zt.reshape(-1, zch).T @ u.transpose(1, 2).reshape(-1, u.shape[1])
+                zc = z.view(ni, zch, positions).sum(dim=(0, 2))
             else:
                 _, rc, zc = torch.ops.aten.convolution_backward(
-                    z.view(ni, 2 * c_out, *out_spatial),
+                    z.view(ni, zch, *out_spatial),
                     xc,
                     xc.new_empty(1).expand(weight_size),
-                    [2 * c_out],
+                    [zch],
                     list(conv.stride),
                     [0] * dims,
                     list(conv.dilation),
@@ -288,7 +330,7 @@ class _LayerStats:
                     [False, True, True],
                 )
             if dt != f64 and ni * positions >= 2**24:  # beyond exact float32 ints
-                zc = torch.stack(
+                zc = torch.cat(
                     [
                         m.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
                         my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
@@ -296,8 +338,8 @@ class _LayerStats:
                     dim=1,
                 )
             self._add(
-                rc.reshape(groups, 2, cg, -1),
-                zc.reshape(groups, 2, cg),
+                rc.reshape(groups, head + cg, -1),
+                zc.reshape(groups, head + cg),
                 sum_yc,
                 ni * positions,
             )
@@ -327,19 +369,24 @@ class _LayerStats:
         c = self.c.to(f64)
         if self.is_conv:
             groups, cg = self.groups, out // self.groups
+            head = cg if self.relu else 1
             cin_g = c.numel() // groups
             # (groups, units, in channels, kernel positions) views, so that the
-            # per-channel centre c broadcasts without an (out, fan_in) copy
-            r4 = r.view(groups, 2, cg, cin_g, k // cin_g)
-            q4, p4 = r4[:, 0], r4[:, 1]
-            count = z[:, 0].reshape(out)
-            sum_pos = z[:, 1].reshape(out)
+            # per-channel centre c broadcasts without an (out, fan_in) copy;
+            # "linear": one Q' row and one count per group
+            r4 = r.view(groups, head + cg, cin_g, k // cin_g)
+            q4, p4 = r4[:, :head], r4[:, head:]
+            count_h = z[:, :head]
+            count = count_h.expand(groups, cg).reshape(out)
+            sum_pos = z[:, head:].reshape(out)
             c4 = c.view(groups, 1, cin_g, 1)
             coef = (sum_pos + d * count).view(groups, cg, 1, 1)
             # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
             p4.addcmul_(d.view(groups, cg, 1, 1), q4).addcmul_(c4, coef)
-            q4.addcmul_(c4, count.view(groups, cg, 1, 1))
-            q = q4.reshape(out, k)
+            q4.addcmul_(c4, count_h.reshape(groups, head, 1, 1))
+            q = q4.reshape(groups * head, k)
+            if head != cg and not self.shared_x:
+                q = q.repeat_interleave(cg, dim=0)
             p = p4.reshape(out, k)
         else:
             if self.relu:
