@@ -344,10 +344,13 @@ class _LayerStats:
                 ni * positions,
             )
 
-    def raw_sums(self, device: torch.device | None) -> list[Tensor]:
+    def raw_sums(self, device: torch.device | None, raw: bool = True) -> list[Tensor]:
         """``[count, sum_x, sum_xy, sum_y, n_all]`` in float64 (zeros if unseen).
 
-        Consumes the centred accumulators (computed in place).
+        Consumes the centred accumulators (computed in place). With
+        ``raw=False`` the sums stay centred (no pass over the products; what
+        :meth:`pattern` needs when no other process adds its sums):
+        ``[count, Q', P', T', n_all, S']``.
         """
         f64 = torch.float64
         out, k = self.out_features, self.fan_in
@@ -380,10 +383,11 @@ class _LayerStats:
             count = count_h.expand(groups, cg).reshape(out)
             sum_pos = z[:, head:].reshape(out)
             c4 = c.view(groups, 1, cin_g, 1)
-            coef = (sum_pos + d * count).view(groups, cg, 1, 1)
-            # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
-            p4.addcmul_(d.view(groups, cg, 1, 1), q4).addcmul_(c4, coef)
-            q4.addcmul_(c4, count_h.reshape(groups, head, 1, 1))
+            if raw:
+                coef = (sum_pos + d * count).view(groups, cg, 1, 1)
+                # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
+                p4.addcmul_(d.view(groups, cg, 1, 1), q4).addcmul_(c4, coef)
+                q4.addcmul_(c4, count_h.reshape(groups, head, 1, 1))
             q = q4.reshape(groups * head, k)
             if head != cg and not self.shared_x:
                 q = q.repeat_interleave(cg, dim=0)
@@ -395,12 +399,16 @@ class _LayerStats:
                 q, p = r[:1], r[1:]
             count, sum_pos = z[:out], z[out:]
             c_rows = c[None]
-            p.addcmul_(d[:, None], q).addcmul_(c_rows, (sum_pos + d * count)[:, None])
-            q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
+            if raw:
+                coef = (sum_pos + d * count)[:, None]
+                p.addcmul_(d[:, None], q).addcmul_(c_rows, coef)
+                q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
         if self.shared_x:
             q = q[:1]
-        sum_y = self.n_all * d + self.sum_yc
         n_all = torch.tensor(self.n_all, dtype=f64, device=q.device)
+        if not raw:
+            return [count.clone(), q, p, self.sum_yc, n_all, sum_pos.clone()]
+        sum_y = self.n_all * d + self.sum_yc
         return [count.clone(), q.contiguous(), p.contiguous(), sum_y, n_all]
 
     def pattern(self, sums: list[Tensor], eps: float) -> tuple[Tensor, int, float]:
@@ -411,15 +419,32 @@ class _LayerStats:
         ``|w^T num| / (|w| |num|)`` over the units with a non-zero numerator.
         Computed in blocks of rows, so that memory stays near the sums' size.
         """
-        count, sum_x, sum_xy, sum_y, n_all = sums
+        count, sum_x, sum_xy, sum_y, n_all = sums[:5]
         weight = self.weight.detach()
         w_all = weight.reshape(self.out_features, self.fan_in)
         out = torch.empty(
             self.out_features, self.fan_in, dtype=weight.dtype, device=count.device
         )
         safe = torch.where(count == 0, torch.ones_like(count), count)
-        # E+[x] E[y] = sum_x * (mean_y / count), one coefficient per unit
-        coef = (sum_y / n_all).div_(safe)
+        # count * num = sum M x (y - mean y), from the raw sums:
+        #   sum_xy + delta sum_x, delta = -mean y,
+        # or from the centred ones (x' = x - c, y' = y - d, T' = sum y'):
+        #   P' + delta Q' + c (S' + delta count), delta = d - mean y = -T' / n
+        delta = sum_y / n_all
+        delta.neg_()
+        c_full = coef_c = None
+        if len(sums) == 6:
+            assert self.c is not None
+            coef_c = sums[5] + delta * count
+            c = self.c.to(count.device, torch.float64)
+            groups = self.groups
+            cin_g = c.numel() // groups
+            c_full = (
+                c.view(groups, cin_g, 1)
+                .expand(groups, cin_g, self.fan_in // cin_g)
+                .reshape(groups, self.fan_in)
+            )
+        cg = self.out_features // self.groups
         floored = 0
         min_cos = float("inf")
         rows = max(1, _ADD_BLOCK // self.fan_in)
@@ -428,8 +453,15 @@ class _LayerStats:
             w = w_all[s:e].to(count.device, torch.float64)
             sx = sum_x if self.shared_x else sum_x[s:e]
             # the numerator, in place in the (consumed) sums
-            num = sum_xy[s:e].div_(safe[s:e, None])
-            num.addcmul_(sx, coef[s:e, None], value=-1.0)
+            num = sum_xy[s:e].addcmul_(sx, delta[s:e, None])
+            if c_full is not None and coef_c is not None:
+                rows_c = (
+                    c_full
+                    if self.groups == 1
+                    else c_full[torch.arange(s, e, device=c_full.device) // cg]
+                )
+                num.addcmul_(rows_c, coef_c[s:e, None])
+            num.div_(safe[s:e, None])
             den = torch.bmm(w.unsqueeze(1), num.unsqueeze(2)).view(-1)
             scale = torch.linalg.vector_norm(w, dim=1) * torch.linalg.vector_norm(
                 num, dim=1
@@ -813,8 +845,10 @@ def fit_patterns(
     chosen = select_layers(model, layers)
     reduce, group = _resolve_process_group(process_group)
 
+    workspace = _Workspace()
     stats = {
-        name: _LayerStats(name, m, kind, compute_dtype) for name, m in chosen.items()
+        name: _LayerStats(name, m, kind, compute_dtype, workspace)
+        for name, m in chosen.items()
     }
     param = next(model.parameters(), None)
     device = param.device if param is not None else None
@@ -918,7 +952,8 @@ def fit_patterns(
 
     dev = device if device is not None else torch.device("cpu")
     try:
-        sums = {name: s.raw_sums(dev) for name, s in stats.items()}
+        # raw sums only where other processes add theirs
+        sums = {name: s.raw_sums(dev, raw=reduce) for name, s in stats.items()}
     except _NonFiniteBatch as err:
         raise ValueError(
             f"`data` gives non-finite statistics (NaN or inf) at layer "
