@@ -313,7 +313,11 @@ class _LayerStats:
                     stride=tuple(conv.stride),
                 )
                 zt = z.view(ni, zch, positions).transpose(1, 2)
-                rc = zt.reshape(-1, zch).T @ u.transpose(1, 2).reshape(-1, u.shape[1])
+                rc = torch.mm(
+                    zt.reshape(-1, zch).T,
+                    u.transpose(1, 2).reshape(-1, u.shape[1]),
+                    out=ws.get("r", (zch, u.shape[1]), dt, y.device),
+                )
                 zc = z.view(ni, zch, positions).sum(dim=(0, 2))
             else:
                 _, rc, zc = torch.ops.aten.convolution_backward(
