@@ -183,7 +183,8 @@ class _LayerStats:
         if not bool(torch.isfinite(r.sum() + sum_yc.sum())):
             raise _NonFiniteBatch(self.name)
         if self.r is None:
-            self.r = r.to(f64)
+            # a copy: r may be a reused work buffer (float64 products)
+            self.r = r.to(f64, copy=True)
             self.z = z.to(f64)
             self.sum_yc = sum_yc.to(f64)
         else:
