@@ -92,13 +92,16 @@ class _LayerStats:
     covariance updates), the products of the shifted values are computed per
     batch in ``compute_dtype`` and added to float64 accumulators
     ``Q' = sum M (x - c)``, ``P' = sum M (x - c)(y - d)``,
-    ``S' = sum M (y - d)`` and ``T' = sum (y - d)``. :meth:`raw_sums` turns
-    them into the raw sums, exactly for any ``c`` and ``d``:
-    ``sum M x = Q' + c sum M``,
+    ``S' = sum M (y - d)`` and ``T' = sum (y - d)``. :meth:`pattern` uses
+    them directly (``count * num = P' + delta Q' + c (S' + delta count)``
+    with ``delta = -T' / n``); for a ``torch.distributed`` reduction,
+    :meth:`raw_sums` first turns them into the raw sums, exactly for any ``c``
+    and ``d``: ``sum M x = Q' + c sum M``,
     ``sum M x y = P' + d Q' + c (S' + d sum M)`` and
     ``sum y = n d + T'``. Per batch this costs one float64 addition of the
     products; for the "linear" kind ``Q'`` is the same for every unit (of a
-    group) and is kept as one row.
+    group): it is formed from one all-ones mask channel per group and kept as
+    one row.
     """
 
     def __init__(
@@ -759,8 +762,13 @@ def fit_patterns(
     materialising the patches), on ``x`` and ``y`` centred by batch means for
     conditioning, in ``compute_dtype``, and added to float64 accumulators from
     which the raw sums are reconstructed exactly. Large batches are processed
-    in chunks of examples, so the work buffers stay bounded; memory does not
-    grow with the data set, and there are no per-sample Python loops. Layers
+    in chunks of examples, so the work buffers stay bounded (and are reused
+    by every layer and batch); memory does not grow with the data set (the
+    float64 statistics take 16 bytes per weight), and there are no
+    per-sample Python loops. For ``kind="relu"`` one probe pass finds which
+    layers a BatchNorm directly follows; in eval mode it runs on the first
+    two examples and their statistics are taken from it, so the data go
+    through the model once. Layers
     that the forward pass never calls get no pattern (with ``layers=None``);
     neither do the layers inside the scale path of torchvision
     ``SqueezeExcitation`` gates (the backward rules treat the gate as a
