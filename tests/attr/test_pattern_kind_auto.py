@@ -86,9 +86,12 @@ def test_each_layer_gets_the_estimator_of_what_it_feeds() -> None:
         other = "linear" if kind == "relu" else "relu"
         # the two estimators differ on every layer of this model ...
         assert not torch.allclose(by_kind["relu"][name], by_kind["linear"][name])
-        # ... and "auto" is exactly the expected one
-        assert torch.equal(auto[name], by_kind[kind][name]), (name, kind)
-        assert not torch.equal(auto[name], by_kind[other][name]), name
+        # ... and "auto" is the expected one (up to the summation order: the
+        # first two examples of the first batch go through the probe pass)
+        torch.testing.assert_close(
+            auto[name], by_kind[kind][name], rtol=1e-10, atol=1e-12, msg=name
+        )
+        assert not torch.allclose(auto[name], by_kind[other][name]), name
 
 
 def test_auto_is_relu_on_a_plain_relu_network() -> None:

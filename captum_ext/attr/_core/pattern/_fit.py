@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -35,12 +36,42 @@ _CHUNK_ELEMENTS = 2**23
 #: im2col products with ``F.unfold`` and a matrix product (2-D only).
 _UNFOLD_POSITIONS = 100
 
+#: Elements per block when float32 products are added to float64
+#: accumulators or turned into patterns: small enough that the temporaries
+#: are recycled by the allocator instead of being fresh pages every time.
+_ADD_BLOCK = 2**18
+
 #: A Linear layer's rows are gathered over batches until there are this many.
 _LINEAR_ROWS = 512
 
 #: Default of ``fit_patterns``' ``eps``: the smallest cosine allowed between a
 #: unit's weight vector and the numerator of its pattern.
 DEFAULT_EPS = 1e-3
+
+
+class _Workspace:
+    """Work buffers shared by the layers' updates during one fit.
+
+    The per-batch buffers of an update (the centred, padded inputs and the
+    mask / masked-output channels) are taken from here and reused by every
+    layer and batch: fresh buffers of that size would be new pages, and their
+    page faults cost as much as the arithmetic. Each buffer keeps the size of
+    the largest request, which :data:`_CHUNK_ELEMENTS` bounds.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def get(
+        self, key: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape`` (a reused buffer)."""
+        numel = math.prod(shape)
+        buf = self.buffers.get((key, dtype, device))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[(key, dtype, device)] = buf
+        return buf[:numel].view(tuple(shape))
 
 
 class _LayerStats:
@@ -62,20 +93,29 @@ class _LayerStats:
     covariance updates), the products of the shifted values are computed per
     batch in ``compute_dtype`` and added to float64 accumulators
     ``Q' = sum M (x - c)``, ``P' = sum M (x - c)(y - d)``,
-    ``S' = sum M (y - d)`` and ``T' = sum (y - d)``. :meth:`raw_sums` turns
-    them into the raw sums, exactly for any ``c`` and ``d``:
-    ``sum M x = Q' + c sum M``,
+    ``S' = sum M (y - d)`` and ``T' = sum (y - d)``. :meth:`pattern` uses
+    them directly (``count * num = P' + delta Q' + c (S' + delta count)``
+    with ``delta = -T' / n``); for a ``torch.distributed`` reduction,
+    :meth:`raw_sums` first turns them into the raw sums, exactly for any ``c``
+    and ``d``: ``sum M x = Q' + c sum M``,
     ``sum M x y = P' + d Q' + c (S' + d sum M)`` and
     ``sum y = n d + T'``. Per batch this costs one float64 addition of the
     products; for the "linear" kind ``Q'`` is the same for every unit (of a
-    group) and is kept as one row.
+    group): it is formed from one all-ones mask channel per group and kept as
+    one row.
     """
 
     def __init__(
-        self, name: str, module: nn.Module, kind: str, compute_dtype: torch.dtype | None
+        self,
+        name: str,
+        module: nn.Module,
+        kind: str,
+        compute_dtype: torch.dtype | None,
+        workspace: _Workspace | None = None,
     ) -> None:
         self.name = name
         self.module = module
+        self.workspace = workspace if workspace is not None else _Workspace()
         self.weight = cast(Tensor, module.weight)
         self.is_conv = isinstance(module, CONV_TYPES)
         self.groups = int(getattr(module, "groups", 1))
@@ -151,12 +191,13 @@ class _LayerStats:
         if not bool(torch.isfinite(r.sum() + sum_yc.sum())):
             raise _NonFiniteBatch(self.name)
         if self.r is None:
-            self.r = r.to(f64)
+            # a copy: r may be a reused work buffer (float64 products)
+            self.r = r.to(f64, copy=True)
             self.z = z.to(f64)
             self.sum_yc = sum_yc.to(f64)
         else:
             assert self.z is not None and self.sum_yc is not None
-            self.r.add_(r)
+            _accumulate(self.r, r)
             self.z.add_(z)
             self.sum_yc.add_(sum_yc)
         self.n_all += n
@@ -178,7 +219,7 @@ class _LayerStats:
         for start in range(0, n, rows):
             xc = xs[start : start + rows].to(dt) - c
             yc = ys[start : start + rows].to(dt) - d
-            sum_yc = yc.sum(0, dtype=f64)
+            sum_yc = yc.sum(0)
             if self.relu:
                 z = torch.empty(xc.shape[0], 2 * out, dtype=dt, device=y.device)
                 m, my = z[:, :out], z[:, out:]
@@ -210,7 +251,6 @@ class _LayerStats:
         c, d = self.c, self.d
         assert d is not None
         pads = conv_padding(conv)
-        flat_pad = [p for lo_hi in reversed(pads) for p in lo_hi]
         in_per_img = c_in
         for s, (lo, hi) in zip(x.shape[2:], pads):
             in_per_img *= s + lo + hi
@@ -219,31 +259,46 @@ class _LayerStats:
         pointwise = pointwise and not any(lo or hi for lo, hi in pads)
         unfold = not pointwise and dims == 2 and groups == 1
         unfold = unfold and positions < _UNFOLD_POSITIONS
-        per_img = in_per_img + 2 * c_out * positions
+        # channels per group: the masks (one per unit for "relu"; for
+        # "linear" the mask is all ones and one channel serves the group)
+        # and the masked outputs
+        head = cg if self.relu else 1
+        zch = groups * (head + cg)
+        per_img = in_per_img + zch * positions
         if unfold:
             per_img += c_in * k_numel * positions  # the im2col patches
         chunk = max(1, _CHUNK_ELEMENTS // per_img)
-        weight_size = (2 * c_out, *self.weight.shape[1:])
+        weight_size = (zch, *self.weight.shape[1:])
         d_view = d.view(1, groups, cg, *([1] * dims))
+        centre = c.view(1, -1, *([1] * dims))
+        ws = self.workspace
         for start in range(0, n_img, chunk):
-            xs = x[start : start + chunk].to(dt)
-            ys = y[start : start + chunk].to(dt)
+            xs = x[start : start + chunk]
+            ys = y[start : start + chunk]
             ni = ys.shape[0]
-            # zero padding first, then centring: padded inputs are x = 0, x - c = -c
-            if any(lo or hi for lo, hi in pads):
-                xc = F.pad(xs, flat_pad)
-                xc.sub_(c.view(1, -1, *([1] * dims)))
-            else:
-                xc = xs - c.view(1, -1, *([1] * dims))
+            # zero padding, then centring: padded inputs are x = 0, x - c = -c
+            padded = [ni, c_in] + [
+                sz + lo + hi for sz, (lo, hi) in zip(x.shape[2:], pads)
+            ]
+            xc = ws.get("x", padded, dt, y.device)
+            inner = xc
+            for i, (lo, hi) in enumerate(pads):
+                if lo:
+                    xc.narrow(2 + i, 0, lo).copy_(centre.neg())
+                if hi:
+                    xc.narrow(2 + i, padded[2 + i] - hi, hi).copy_(centre.neg())
+                inner = inner.narrow(2 + i, lo, padded[2 + i] - lo - hi)
+            torch.sub(xs, centre, out=inner)
             # z holds, per group, the channels [M_g, M_g * (y_g - d_g)]; one
             # convolution weight-gradient call forms both im2col products
             # sum_{images, positions} patch' (x) z, and its bias gradient the
             # per-channel sums of z (counts and sum M (y - d)).
-            z = torch.empty(ni, groups, 2, cg, *out_spatial, dtype=dt, device=y.device)
-            m, my = z[:, :, 0], z[:, :, 1]
+            z = ws.get("z", (ni, groups, head + cg, *out_spatial), dt, y.device)
+            m, my = z[:, :, :head], z[:, :, head:]
             yg = ys.view(ni, groups, cg, *out_spatial)
             torch.sub(yg, d_view, out=my)
-            sum_yc = my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64).reshape(c_out)
+            # float32 per-batch sums like the kernel's; float64 across batches
+            sum_yc = my.sum(dim=tuple(range(3, 3 + dims))).sum(0).reshape(c_out)
             if self.relu:
                 gg = g[start : start + chunk].view(ni, groups, cg, *out_spatial)
                 torch.gt(gg, 0, out=m)
@@ -252,11 +307,11 @@ class _LayerStats:
                 m.fill_(1.0)
             if pointwise:
                 # 1x1 convolutions: the patches are the inputs themselves
-                zz = z.view(ni, groups, 2 * cg, positions)
+                zz = z.view(ni, groups, head + cg, positions)
                 rc = torch.einsum(
                     "ngol,ngkl->gok", zz, xc.reshape(ni, groups, -1, positions)
                 )
-                zc = zz.sum(dim=(0, 3), dtype=f64)
+                zc = zz.sum(dim=(0, 3))
             elif unfold:
                 # few output positions: an explicit im2col and one (batched)
                 # matrix product beat the weight-gradient kernel on CPUs
@@ -266,18 +321,19 @@ class _LayerStats:
                     dilation=tuple(conv.dilation),
                     stride=tuple(conv.stride),
                 )
-                zt = z.view(ni, 2 * cg, positions).transpose(1, 2)
-                rc = zt.reshape(-1, 2 * cg).T @ u.transpose(1, 2).reshape(
-                    -1, u.shape[1]
+                zt = z.view(ni, zch, positions).transpose(1, 2)
+                rc = torch.mm(
+                    zt.reshape(-1, zch).T,
+                    u.transpose(1, 2).reshape(-1, u.shape[1]),
+                    out=ws.get("r", (zch, u.shape[1]), dt, y.device),
                 )
-                zz = z.view(ni, groups, 2 * cg, positions)
-                zc = zz.sum(dim=(0, 3), dtype=f64)
+                zc = z.view(ni, zch, positions).sum(dim=(0, 2))
             else:
                 _, rc, zc = torch.ops.aten.convolution_backward(
-                    z.view(ni, 2 * c_out, *out_spatial),
+                    z.view(ni, zch, *out_spatial),
                     xc,
                     xc.new_empty(1).expand(weight_size),
-                    [2 * c_out],
+                    [zch],
                     list(conv.stride),
                     [0] * dims,
                     list(conv.dilation),
@@ -287,7 +343,7 @@ class _LayerStats:
                     [False, True, True],
                 )
             if dt != f64 and ni * positions >= 2**24:  # beyond exact float32 ints
-                zc = torch.stack(
+                zc = torch.cat(
                     [
                         m.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
                         my.sum(dim=(0, *range(3, 3 + dims)), dtype=f64),
@@ -295,16 +351,19 @@ class _LayerStats:
                     dim=1,
                 )
             self._add(
-                rc.reshape(groups, 2, cg, -1),
-                zc.reshape(groups, 2, cg),
+                rc.reshape(groups, head + cg, -1),
+                zc.reshape(groups, head + cg),
                 sum_yc,
                 ni * positions,
             )
 
-    def raw_sums(self, device: torch.device | None) -> list[Tensor]:
+    def raw_sums(self, device: torch.device | None, raw: bool = True) -> list[Tensor]:
         """``[count, sum_x, sum_xy, sum_y, n_all]`` in float64 (zeros if unseen).
 
-        Consumes the centred accumulators (computed in place).
+        Consumes the centred accumulators (computed in place). With
+        ``raw=False`` the sums stay centred (no pass over the products; what
+        :meth:`pattern` needs when no other process adds its sums):
+        ``[count, Q', P', T', n_all, S']``.
         """
         f64 = torch.float64
         out, k = self.out_features, self.fan_in
@@ -323,35 +382,46 @@ class _LayerStats:
         r, z = self.r, self.z
         self.r = self.z = None
         d = self.d.to(f64)
+        c = self.c.to(f64)
         if self.is_conv:
             groups, cg = self.groups, out // self.groups
-            q = r[:, 0].reshape(out, k)
-            p = r[:, 1].reshape(out, k)
-            count = z[:, 0].reshape(out)
-            sum_pos = z[:, 1].reshape(out)
-            cin_g = self.c.numel() // groups
-            c_rows = (
-                self.c.to(f64)
-                .reshape(groups, 1, cin_g, 1)
-                .expand(groups, cg, cin_g, k // cin_g)
-                .reshape(out, k)
-            )
-        elif self.relu:
-            q, p = r[:out], r[out:]
-            count, sum_pos = z[:out], z[out:]
-            c_rows = self.c.to(f64)[None].expand(out, k)
+            head = cg if self.relu else 1
+            cin_g = c.numel() // groups
+            # (groups, units, in channels, kernel positions) views, so that the
+            # per-channel centre c broadcasts without an (out, fan_in) copy;
+            # "linear": one Q' row and one count per group
+            r4 = r.view(groups, head + cg, cin_g, k // cin_g)
+            q4, p4 = r4[:, :head], r4[:, head:]
+            count_h = z[:, :head]
+            count = count_h.expand(groups, cg).reshape(out)
+            sum_pos = z[:, head:].reshape(out)
+            c4 = c.view(groups, 1, cin_g, 1)
+            if raw:
+                coef = (sum_pos + d * count).view(groups, cg, 1, 1)
+                # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
+                p4.addcmul_(d.view(groups, cg, 1, 1), q4).addcmul_(c4, coef)
+                q4.addcmul_(c4, count_h.reshape(groups, head, 1, 1))
+            q = q4.reshape(groups * head, k)
+            if head != cg and not self.shared_x:
+                q = q.repeat_interleave(cg, dim=0)
+            p = p4.reshape(out, k)
         else:
-            q, p = r[:1], r[1:]
+            if self.relu:
+                q, p = r[:out], r[out:]
+            else:
+                q, p = r[:1], r[1:]
             count, sum_pos = z[:out], z[out:]
-            c_rows = self.c.to(f64)[None]
+            c_rows = c[None]
+            if raw:
+                coef = (sum_pos + d * count)[:, None]
+                p.addcmul_(d[:, None], q).addcmul_(c_rows, coef)
+                q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
         if self.shared_x:
             q = q[:1]
-            c_rows = c_rows[:1]
-        # sum_xy = P' + d Q' + c (S' + d count); sum_x = Q' + c count
-        p.addcmul_(d[:, None], q).addcmul_(c_rows, (sum_pos + d * count)[:, None])
-        q.addcmul_(c_rows, count[:1, None] if self.shared_x else count[:, None])
-        sum_y = self.n_all * d + self.sum_yc
         n_all = torch.tensor(self.n_all, dtype=f64, device=q.device)
+        if not raw:
+            return [count.clone(), q, p, self.sum_yc, n_all, sum_pos.clone()]
+        sum_y = self.n_all * d + self.sum_yc
         return [count.clone(), q.contiguous(), p.contiguous(), sum_y, n_all]
 
     def pattern(self, sums: list[Tensor], eps: float) -> tuple[Tensor, int, float]:
@@ -362,24 +432,50 @@ class _LayerStats:
         ``|w^T num| / (|w| |num|)`` over the units with a non-zero numerator.
         Computed in blocks of rows, so that memory stays near the sums' size.
         """
-        count, sum_x, sum_xy, sum_y, n_all = sums
+        count, sum_x, sum_xy, sum_y, n_all = sums[:5]
         weight = self.weight.detach()
         w_all = weight.reshape(self.out_features, self.fan_in)
         out = torch.empty(
             self.out_features, self.fan_in, dtype=weight.dtype, device=count.device
         )
+        safe = torch.where(count == 0, torch.ones_like(count), count)
+        # count * num = sum M x (y - mean y), from the raw sums:
+        #   sum_xy + delta sum_x, delta = -mean y,
+        # or from the centred ones (x' = x - c, y' = y - d, T' = sum y'):
+        #   P' + delta Q' + c (S' + delta count), delta = d - mean y = -T' / n
+        delta = sum_y / n_all
+        delta.neg_()
+        c_full = coef_c = None
+        if len(sums) == 6:
+            assert self.c is not None
+            coef_c = sums[5] + delta * count
+            c = self.c.to(count.device, torch.float64)
+            groups = self.groups
+            cin_g = c.numel() // groups
+            c_full = (
+                c.view(groups, cin_g, 1)
+                .expand(groups, cin_g, self.fan_in // cin_g)
+                .reshape(groups, self.fan_in)
+            )
+        cg = self.out_features // self.groups
         floored = 0
         min_cos = float("inf")
-        rows = max(1, _CHUNK_ELEMENTS // (4 * self.fan_in))
+        rows = max(1, _ADD_BLOCK // self.fan_in)
         for s in range(0, self.out_features, rows):
             e = min(s + rows, self.out_features)
             w = w_all[s:e].to(count.device, torch.float64)
-            cnt = count[s:e]
-            safe = torch.where(cnt == 0, torch.ones_like(cnt), cnt)[:, None]
             sx = sum_x if self.shared_x else sum_x[s:e]
-            num = sum_xy[s:e] / safe
-            num.sub_((sx / safe) * (sum_y[s:e] / n_all)[:, None])
-            den = (w * num).sum(dim=1)
+            # the numerator, in place in the (consumed) sums
+            num = sum_xy[s:e].addcmul_(sx, delta[s:e, None])
+            if c_full is not None and coef_c is not None:
+                rows_c = (
+                    c_full
+                    if self.groups == 1
+                    else c_full[torch.arange(s, e, device=c_full.device) // cg]
+                )
+                num.addcmul_(rows_c, coef_c[s:e, None])
+            num.div_(safe[s:e, None])
+            den = torch.bmm(w.unsqueeze(1), num.unsqueeze(2)).view(-1)
             scale = torch.linalg.vector_norm(w, dim=1) * torch.linalg.vector_norm(
                 num, dim=1
             )
@@ -391,8 +487,21 @@ class _LayerStats:
             floored += int(small.sum())
             den = torch.where(small, torch.where(den < 0, -floor, floor), den)
             den = torch.where(den == 0, torch.ones_like(den), den)
-            out[s:e] = (num / den[:, None]).to(weight.dtype)
+            out[s:e] = num.div_(den[:, None])
         return out.reshape(weight.shape).cpu(), floored, min_cos
+
+
+def _accumulate(acc: Tensor, r: Tensor) -> None:
+    """``acc += r`` (``acc`` contiguous float64), in blocks of :data:`_ADD_BLOCK`.
+
+    A float32 ``r`` is converted block by block: one mixed-dtype ``add_`` over
+    the whole tensor would allocate a float64 copy of it, i.e. fresh pages
+    (page faults) of twice the products' size on every batch.
+    """
+    flat = acc.view(-1)
+    src = r.reshape(-1)
+    for start in range(0, flat.numel(), _ADD_BLOCK):
+        flat[start : start + _ADD_BLOCK].add_(src[start : start + _ADD_BLOCK])
 
 
 class _NonFiniteBatch(Exception):
@@ -508,6 +617,16 @@ class _FirstConsumer(torch.overrides.TorchFunctionMode):
         # id -> (tensor, version when produced); decided: id -> fed a ReLU?
         self.watched: dict[int, tuple[Tensor, int]] = {}
         self.decided: dict[int, bool] = {}
+        self._paused = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Operations in this context (the probe's own copies) are not uses."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def watch(self, t: Any) -> None:
         if isinstance(t, Tensor) and id(t) not in self.decided:
@@ -521,6 +640,8 @@ class _FirstConsumer(torch.overrides.TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if self._paused:
+            return func(*args, **kwargs)
         hits = [
             (i, a)
             for i, a in enumerate((*args, *kwargs.values()))
@@ -545,44 +666,104 @@ class _FirstConsumer(torch.overrides.TorchFunctionMode):
         return result
 
 
+def _split_batch(
+    model: nn.Module, args: tuple[Any, ...], size: int
+) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """``(first size examples, the others)``, or None unless exactly separable.
+
+    Separable: the model is in eval mode (no module in training mode, so no
+    batch statistics), and every argument is either a Tensor whose first
+    dimension is the batch (larger than ``size``) or a plain scalar / string /
+    None, passed to both halves.
+    """
+    n = _batch_size(args)
+    if n <= size or any(m.training for m in model.modules()):
+        return None
+    for a in args:
+        if isinstance(a, Tensor):
+            if a.dim() == 0 or a.shape[0] != n:
+                return None
+        elif a is not None and not isinstance(a, (bool, int, float, str)):
+            return None
+    head = tuple(a[:size] if isinstance(a, Tensor) else a for a in args)
+    tail = tuple(a[size:] if isinstance(a, Tensor) else a for a in args)
+    return head, tail
+
+
+#: Examples of the first batch that the probe pass runs on.
+_PROBE_EXAMPLES = 2
+
+_Stashed = tuple[str, Tensor, Tensor, Tensor | None]
+
+
 def _probe(
     model: nn.Module, chosen: dict[str, nn.Module], args: tuple[Any, ...]
-) -> tuple[dict[str, nn.Module], str | None, set[str]]:
+) -> tuple[
+    dict[str, nn.Module], str | None, set[str], list[_Stashed], tuple[Any, ...] | None
+]:
     """Which chosen layers feed a BatchNorm, which feed a ReLU, and the output layer.
 
-    Returns ``({layer name: bn}, name, relu_fed)``, found by one forward pass
-    on (a slice of) ``args``: a BatchNorm whose input is the very tensor a
-    layer returned follows that layer; a layer is in ``relu_fed`` when the
-    first operation applied to its activation (its output, or its
+    Returns ``({layer name: bn}, name, relu_fed, stash, rest)``, found by one
+    forward pass on (a slice of) ``args``: a BatchNorm whose input is the very
+    tensor a layer returned follows that layer; a layer is in ``relu_fed``
+    when the first operation applied to its activation (its output, or its
     BatchNorm's output) is a ReLU, with the activation unmodified (so not a
     residual sum, a pooling or another activation first); the output layer
     is the one whose output is the model's return value (None if there is
     none).
+
+    When the batch splits exactly into its first :data:`_PROBE_EXAMPLES`
+    examples and the others (:func:`_split_batch`), the probe runs on the
+    first ones and keeps copies of each chosen layer call's input, output
+    and, if a BatchNorm follows, that BatchNorm's mask (``stash``: ``(name,
+    x, y, gate)``; copies, since later in-place operations of the forward may
+    change the originals), so that their statistics need no second pass;
+    ``rest`` are the other examples (to be passed normally). Otherwise the
+    stash is empty and ``rest`` is ``args``: the whole batch is still to do.
     """
-    outputs: dict[int, tuple[str, Tensor]] = {}
+    split = _split_batch(model, args, _PROBE_EXAMPLES)
+    keep = split is not None
+    outputs: dict[int, tuple[str, Tensor, int]] = {}
     pairs: dict[str, nn.Module] = {}
     bn_outputs: dict[str, Tensor] = {}
     mode = _FirstConsumer()
+    # [name, x, y, mask of the following BatchNorm, that BatchNorm]
+    stash: list[list[Any]] = []
+    copies: dict[int, tuple[Tensor, int, Tensor]] = {}
+
+    def copy(t: Tensor) -> Tensor:
+        hit = copies.get(id(t))
+        if hit is not None and hit[0] is t and hit[1] == t._version:
+            return hit[2]  # the same input of several layers, unchanged
+        c = t.detach().clone()
+        copies[id(t)] = (t, t._version, c)
+        return c
 
     def layer_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inp: Any, out: Any) -> None:
+        def hook(
+            module: nn.Module, a: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+        ) -> None:
             if isinstance(out, Tensor):
-                outputs[id(out)] = (name, out)
+                outputs[id(out)] = (name, out, len(stash))
                 mode.watch(out)
+                if keep:
+                    x = a[0] if a else kwargs["input"]
+                    with mode.paused():
+                        stash.append([name, copy(x), copy(out), None, None])
 
         return hook
 
-    def bn_hook(module: nn.Module, inp: tuple[Any, ...]) -> None:
+    def bn_hook(module: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
         x = inp[0] if inp else None
         found = outputs.get(id(x))
         if found is not None and found[1] is x:
             pairs[found[0]] = module
-
-    def bn_out_hook(module: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
-        for name, bn in pairs.items():
-            if bn is module and name not in bn_outputs and isinstance(out, Tensor):
-                bn_outputs[name] = out
+            if isinstance(out, Tensor):
+                bn_outputs[found[0]] = out
                 mode.watch(out)
+                if keep:
+                    with mode.paused():
+                        stash[found[2]][3:] = [out > 0, module]
 
     def run(call_args: tuple[Any, ...]) -> Any:
         outputs.clear()
@@ -596,18 +777,22 @@ def _probe(
     handles = []
     try:
         for name, m in chosen.items():
-            handles.append(m.register_forward_hook(layer_hook(name)))
+            handles.append(m.register_forward_hook(layer_hook(name), with_kwargs=True))
         for m in model.modules():
             if isinstance(m, BATCHNORM_TYPES):
-                handles.append(m.register_forward_pre_hook(bn_hook))
-                handles.append(m.register_forward_hook(bn_out_hook))
+                handles.append(m.register_forward_hook(bn_hook))
         with torch.no_grad():
-            small = _first_examples(args, 2)
+            rest: tuple[Any, ...] | None = args
+            small = split[0] if split is not None else _first_examples(args, 2)
             try:
                 result = run(small if small is not None else args)
+                if split is not None:
+                    rest = split[1]
             except Exception:
                 if small is None:
                     raise
+                stash.clear()
+                keep = False
                 result = run(args)
     finally:
         for h in handles:
@@ -615,11 +800,15 @@ def _probe(
     found = outputs.get(id(result))
     last = found[0] if found is not None and found[1] is result else None
     relu_fed = set()
-    for name, out in outputs.values():
+    for name, out, _ in outputs.values():
         activation = bn_outputs.get(name, out) if name in pairs else out
         if mode.decided.get(id(activation), False):
             relu_fed.add(name)
-    return pairs, last, relu_fed
+    kept: list[_Stashed] = [
+        (name, x, y, gate if bn is not None and pairs.get(name) is bn else None)
+        for name, x, y, gate, bn in stash
+    ]
+    return pairs, last, relu_fed, kept, rest
 
 
 @log_usage(part_of_slo=True)
@@ -682,8 +871,13 @@ def fit_patterns(
     materialising the patches), on ``x`` and ``y`` centred by batch means for
     conditioning, in ``compute_dtype``, and added to float64 accumulators from
     which the raw sums are reconstructed exactly. Large batches are processed
-    in chunks of examples, so the work buffers stay bounded; memory does not
-    grow with the data set, and there are no per-sample Python loops. Layers
+    in chunks of examples, so the work buffers stay bounded (and are reused
+    by every layer and batch); memory does not grow with the data set (the
+    float64 statistics take 16 bytes per weight), and there are no
+    per-sample Python loops. For ``kind="relu"`` one probe pass finds which
+    layers a BatchNorm directly follows; in eval mode it runs on the first
+    two examples and their statistics are taken from it, so the data go
+    through the model once. Layers
     that the forward pass never calls get no pattern (with ``layers=None``);
     neither do the layers inside the scale path of torchvision
     ``SqueezeExcitation`` gates (the backward rules treat the gate as a
@@ -788,8 +982,10 @@ def fit_patterns(
     chosen = select_layers(model, layers)
     reduce, group = _resolve_process_group(process_group)
 
+    workspace = _Workspace()
     stats = {
-        name: _LayerStats(name, m, kind, compute_dtype) for name, m in chosen.items()
+        name: _LayerStats(name, m, kind, compute_dtype, workspace)
+        for name, m in chosen.items()
     }
     param = next(model.parameters(), None)
     device = param.device if param is not None else None
@@ -853,8 +1049,12 @@ def fit_patterns(
                                 "patterns would all become NaN. Clean or drop "
                                 "that batch."
                             )
+                stash: list[_Stashed] = []
+                rest: tuple[Any, ...] | None = args
                 if n_batches == 0 and kind != "linear":
-                    pairs, output_layer, relu_fed = _probe(model, chosen, args)
+                    pairs, output_layer, relu_fed, stash, rest = _probe(
+                        model, chosen, args
+                    )
                     paired.update(pairs)
                     if kind == "auto":
                         for s in stats.values():
@@ -869,7 +1069,12 @@ def fit_patterns(
                     for bn in set(paired.values()):
                         handles.append(bn.register_forward_hook(bn_hook))
                 try:
-                    model(*args)
+                    # the examples the probe pass already ran on, then the rest
+                    for name, x, y, gate in stash:
+                        stats[name].update(x, y, gate)
+                    del stash
+                    if rest is not None:
+                        model(*rest)
                 except _NonFiniteBatch as err:
                     raise ValueError(
                         f"`data`: batch {n_batches} gives non-finite statistics "
@@ -889,7 +1094,8 @@ def fit_patterns(
 
     dev = device if device is not None else torch.device("cpu")
     try:
-        sums = {name: s.raw_sums(dev) for name, s in stats.items()}
+        # raw sums only where other processes add theirs
+        sums = {name: s.raw_sums(dev, raw=reduce) for name, s in stats.items()}
     except _NonFiniteBatch as err:
         raise ValueError(
             f"`data` gives non-finite statistics (NaN or inf) at layer "
