@@ -109,6 +109,22 @@ def test_auto_is_relu_on_a_plain_relu_network() -> None:
     assert torch.equal(a, b)
 
 
+def test_a_final_softmax_keeps_the_output_layers_estimator() -> None:
+    """Wrapping a model in a softmax (the PGIG paper explains probabilities)
+    leaves its patterns unchanged."""
+    torch.manual_seed(0)
+    model = digits_cnn().eval()
+    wrapped = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    data = [torch.randn(64, 1, 8, 8)]
+    plain = fit_patterns(model, data)
+    probs = fit_patterns(wrapped, data)
+    assert set(probs) == {f"0.{name}" for name in plain}
+    for name in plain:
+        assert torch.equal(probs[f"0.{name}"], plain[name]), name
+    logs = fit_patterns(nn.Sequential(model, nn.LogSoftmax(dim=1)).eval(), data)
+    assert torch.equal(logs["0.8"], plain["8"])
+
+
 def test_metadata_queries_do_not_count_as_uses() -> None:
     """A shape check between the layer and its ReLU changes nothing."""
 

@@ -595,6 +595,14 @@ _RELU_FUNCTIONS = frozenset(
 )
 
 
+#: A layer whose activation goes straight into one of these is an output layer
+#: (a model that returns probabilities): it gets the output layer's estimator.
+_SOFTMAX_FUNCTIONS = frozenset(
+    {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+    | {Tensor.softmax, Tensor.log_softmax}
+)
+
+
 def _is_relu(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether the call is a ReLU (or a ReLU6: ``nn.ReLU6`` calls hardtanh)."""
     if func in _RELU_FUNCTIONS:
@@ -606,10 +614,11 @@ def _is_relu(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 
 class _FirstConsumer(torch.overrides.TorchFunctionMode):
-    """Which watched tensors go first into a ReLU.
+    """Which watched tensors go first into a ReLU (or a softmax).
 
     For each watched tensor: whether the first operation that computes a
-    tensor from it is a ReLU, given the tensor unmodified.
+    tensor from it is a ReLU, or a softmax / log-softmax (the output layer of
+    a model that returns probabilities), given the tensor unmodified.
     """
 
     def __init__(self) -> None:
@@ -661,7 +670,9 @@ class _FirstConsumer(torch.overrides.TorchFunctionMode):
                     continue  # an identity (eval-mode Dropout): not a use
                 _, version = self.watched.pop(id(a))
                 self.decided[id(a)] = (
-                    _is_relu(func, args, kwargs) and i == 0 and before[id(a)] == version
+                    (_is_relu(func, args, kwargs) or func in _SOFTMAX_FUNCTIONS)
+                    and i == 0
+                    and before[id(a)] == version
                 )
         return result
 
@@ -708,7 +719,9 @@ def _probe(
     tensor a layer returned follows that layer; a layer is in ``relu_fed``
     when the first operation applied to its activation (its output, or its
     BatchNorm's output) is a ReLU, with the activation unmodified (so not a
-    residual sum, a pooling or another activation first); the output layer
+    residual sum, a pooling or another activation first), or a softmax /
+    log-softmax (an output layer of a model returning probabilities); the
+    output layer
     is the one whose output is the model's return value (None if there is
     none).
 
@@ -895,8 +908,9 @@ def fit_patterns(
             ``"auto"`` (default): the two-component estimator for the layers
             whose activation (output, or output of the BatchNorm that follows)
             goes unmodified into a ReLU (``nn.ReLU``, ``F.relu``,
-            ``torch.relu``, ReLU6, in place or not), and for the output layer,
-            as in the references; the linear estimator for the others: layers
+            ``torch.relu``, ReLU6, in place or not), and for the output layer
+            (also one followed only by a softmax or log-softmax), as in the
+            references; the linear estimator for the others: layers
             whose activation is first summed into a residual connection,
             pooled, concatenated, or fed to another activation (SiLU,
             Hardswish, GELU, ...), where the ReLU's positive regime does not
