@@ -64,6 +64,11 @@ def _check_layer_in_model(forward_func: Any, layer: Any) -> None:
         )
 
 
+def _per_row(patch_dirs: tuple[Tensor, ...], steps: int) -> tuple[Tensor, ...]:
+    """The patch directions of every row of a chunk: step-major, as its points."""
+    return tuple(t.repeat((steps,) + (1,) * (t.dim() - 1)) for t in patch_dirs)
+
+
 def _patch_indicators(
     patch_mask: Any, inputs: tuple[Tensor, ...]
 ) -> tuple[tuple[Tensor, ...], int, bool]:
@@ -516,11 +521,6 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                 assert res.layer_grads is not None and res.tangents is not None
                 grads, directional_derivs = res.layer_grads, res.tangents
             else:
-                # the directions of every row (step-major, as the points),
-                # (rows * M, ...)
-                tangents = tuple(
-                    t.repeat((c,) + (1,) * (t.dim() - 1)) for t in patch_dirs
-                )
                 res = layer_pass(
                     self.forward_func,
                     self.layer,
@@ -538,7 +538,6 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                     res.values,
                     chunk,
                     patch_dirs,
-                    tangents,
                     directions,
                     m,
                     to_layer_input,
@@ -552,7 +551,7 @@ class PatchConductance(LayerAttribution, GradientAttribution):
                         (g.unsqueeze(1) * t.view((rows, m, *t.shape[1:])))
                         .reshape(rows, m, -1)
                         .sum(2)
-                        for g, t in zip(res.input_grads, tangents)
+                        for g, t in zip(res.input_grads, _per_row(patch_dirs, c))
                     )
                     patch_ig += sum_steps(cast(Tensor, ig_terms), chunk)
             is_layer_tuple = res.is_tuple
@@ -571,7 +570,6 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         values: tuple[Tensor, ...],
         chunk: PathChunk,
         patch_dirs: tuple[Tensor, ...],
-        tangents: tuple[Tensor, ...],
         directions: tuple[Tensor, ...],
         m: int,
         to_layer_input: bool,
@@ -581,8 +579,8 @@ class PatchConductance(LayerAttribution, GradientAttribution):
     ) -> tuple[Tensor, ...]:
         """Directional derivatives of the layer along each patch direction.
 
-        ``patch_dirs`` are the ``bsz * M`` directions of one step, ``tangents``
-        those of every row of the chunk (``patch_dirs`` repeated per step).
+        ``patch_dirs`` are the ``bsz * M`` directions of one step (the same
+        for every step of the chunk).
         """
         c = chunk.steps
         # each row of the chunk once per patch: Captum's repeat_interleave
@@ -620,7 +618,8 @@ class PatchConductance(LayerAttribution, GradientAttribution):
         else:
             anchors = chunk.points
         shifted = tuple(
-            p.repeat_interleave(m, dim=0) + h * t for p, t in zip(anchors, tangents)
+            p.repeat_interleave(m, dim=0) + h * t
+            for p, t in zip(anchors, _per_row(patch_dirs, c))
         )
         res = layer_pass(
             self.forward_func,
