@@ -195,52 +195,35 @@ def rows(device: torch.device, quick: bool) -> list[BenchRow]:
     layer = model.get_submodule("layer2")
     everything = torch.ones(1, 1, side, side, dtype=torch.bool, device=device)
     pc, lc = PatchConductance(model, layer), LayerConductance(model, layer)
-    out.append(
-        BenchRow(
-            name=f"PatchConductance (resnet18 layer2, jvp, {n_steps} steps)",
-            counterpart="LayerConductance",
-            kind="Captum",
-            ours=lambda: pc.attribute(x1, everything, target=t1, n_steps=n_steps),
-            theirs=lambda: lc.attribute(
-                x1, target=t1, n_steps=n_steps, method="riemann_trapezoid"
-            ),
-            goal=("ratio<=", 1.1),
-            passes=1,
-            unit=_expanded_unit(model, x1, t1, n_steps),
-            # two quadratures of the same integral: they agree only as n_steps
-            # grows on a residual stage, so a loose relative-L2 check
-            check=lambda a, b: _assert_l2_close(a, b.detach(), tol=1.5),
-            note=f"{note}, batch 1, whole-image patch",
+    pc_unit = _expanded_unit(model, x1, t1, n_steps)
+    # jvp: exact directional derivatives by forward-mode AD; finite_difference:
+    # Captum's own approach (differences of the layer's values), at the
+    # quadrature points themselves, which costs a second forward pass of the
+    # first half of the model at the shifted points
+    for directional in ("jvp", "finite_difference"):
+        out.append(
+            BenchRow(
+                name=(
+                    f"PatchConductance (resnet18 layer2, {directional}, "
+                    f"{n_steps} steps)"
+                ),
+                counterpart="LayerConductance",
+                kind="Captum",
+                ours=lambda d=directional: pc.attribute(
+                    x1, everything, target=t1, n_steps=n_steps, directional=d
+                ),
+                theirs=lambda: lc.attribute(
+                    x1, target=t1, n_steps=n_steps, method="riemann_trapezoid"
+                ),
+                goal=("ratio<=", 1.1),
+                passes=1,
+                unit=pc_unit,
+                # two quadratures of the same integral: they agree only as
+                # n_steps grows on a residual stage, so a loose relative-L2 check
+                check=lambda a, b: _assert_l2_close(a, b.detach(), tol=1.5),
+                note=f"{note}, batch 1, whole-image patch",
+            )
         )
-    )
-    # finite differences, Captum's own approach (differences of the layer's
-    # values), at the quadrature points themselves: a second forward pass of
-    # the first half of the model at the shifted points
-    out.append(
-        BenchRow(
-            name=(
-                "PatchConductance (resnet18 layer2, finite_difference, "
-                f"{n_steps} steps)"
-            ),
-            counterpart="LayerConductance",
-            kind="Captum",
-            ours=lambda: pc.attribute(
-                x1,
-                everything,
-                target=t1,
-                n_steps=n_steps,
-                directional="finite_difference",
-            ),
-            theirs=lambda: lc.attribute(
-                x1, target=t1, n_steps=n_steps, method="riemann_trapezoid"
-            ),
-            goal=("ratio<=", 1.1),
-            passes=1,
-            unit=_expanded_unit(model, x1, t1, n_steps),
-            check=lambda a, b: _assert_l2_close(a, b.detach(), tol=1.5),
-            note=f"{note}, batch 1, whole-image patch",
-        )
-    )
 
     # -- LearnedMask (upsample 4): batch of 2 vs 2 single runs
     n_iter = 2 if quick else 3
