@@ -8,22 +8,18 @@ kind's time in plain forward passes over the same batches.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.harness import TIMERS, _once
 from captum_ext.attr import fit_patterns
 
 
 def _median_cpu(fn: Callable[[], object], repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return sorted(times)[repeats // 2]
+    times = sorted(_once(fn, TIMERS["cpu"]) for _ in range(repeats))
+    return times[repeats // 2]
 
 
 def main() -> None:

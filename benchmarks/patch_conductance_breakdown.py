@@ -11,7 +11,6 @@ LayerConductance pass over its 9 points and the two methods end to end.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 
@@ -20,18 +19,14 @@ import torch.autograd.forward_ad as fwAD
 from captum.attr import LayerConductance
 from torch import nn
 
+from benchmarks.harness import TIMERS, _once
 from captum_ext.attr import PatchConductance
 from captum_ext.attr._utils.layer_passes import TangentRules
 
 
 def _min_cpu_ms(fn: Callable[[], object], n: int = 5) -> float:
     fn()
-    times = []
-    for _ in range(n):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return 1000 * min(times)
+    return 1000 * min(_once(fn, TIMERS["cpu"]) for _ in range(n))
 
 
 def main() -> None:
