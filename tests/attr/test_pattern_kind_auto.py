@@ -149,6 +149,27 @@ def test_metadata_queries_do_not_count_as_uses() -> None:
     assert not torch.allclose(auto["a"], linear["a"])
 
 
+def test_a_tensor_used_twice_in_one_call() -> None:
+    """``h * h`` passes the watched activation twice: one use, not a ReLU."""
+
+    class Squared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(5, 6)
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return self.b(torch.relu(h * h))
+
+    torch.manual_seed(2)
+    model = Squared().double().eval()
+    data = [torch.randn(40, 5, dtype=torch.float64)]
+    auto = fit_patterns(model, data)
+    linear = fit_patterns(model, data, kind="linear")
+    torch.testing.assert_close(auto["a"], linear["a"], rtol=1e-10, atol=1e-12)
+
+
 def test_bad_kind_lists_auto() -> None:
     with pytest.raises(ValueError, match=r"`kind`.*'auto'"):
         fit_patterns(digits_cnn().eval(), [torch.randn(4, 1, 8, 8)], kind="positive")

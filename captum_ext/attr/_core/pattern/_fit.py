@@ -668,7 +668,10 @@ class _FirstConsumer(torch.overrides.TorchFunctionMode):
             for i, a in hits:
                 if result is a and a._version == before[id(a)]:
                     continue  # an identity (eval-mode Dropout): not a use
-                _, version = self.watched.pop(id(a))
+                entry = self.watched.pop(id(a), None)
+                if entry is None:
+                    continue  # the same tensor twice in one call (``h * h``)
+                version = entry[1]
                 self.decided[id(a)] = (
                     (_is_relu(func, args, kwargs) or func in _SOFTMAX_FUNCTIONS)
                     and i == 0
